@@ -1,0 +1,175 @@
+"""A fitted model: the trained VAE with its settings, usable without the workflow."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from scvae._atomic import atomic_path
+from scvae.data import CountBatches
+from scvae.errors import InputError
+from scvae.models import VAE, VAEConfig
+from scvae.settings import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def counts_matrix(adata: AnnData, layer: str | None = "counts") -> sp.csr_matrix:
+    """The raw counts of ``adata`` as CSR: ``layers[layer]`` when present, else ``X``."""
+    X = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
+    if not sp.issparse(X):
+        X = sp.csr_matrix(X)
+    return X.tocsr()
+
+
+class SCVAE:
+    """A trained count VAE.
+
+    Create one with :func:`scvae.train`, or load one with :meth:`SCVAE.load`.
+
+    Parameters
+    ----------
+    module
+        The trained network (Pyro model and guide).
+    train_config
+        The settings it was trained with.
+    var_names
+        Genes, in the order the model expects them.
+    history
+        Per-epoch losses.
+    summary
+        Final losses, epochs run, timings.
+    split
+        ``"train"`` or ``"validation"`` for each training cell, in the training order.
+    """
+
+    def __init__(
+        self,
+        module: VAE,
+        train_config: TrainConfig,
+        var_names: list[str],
+        history: pd.DataFrame | None = None,
+        summary: dict | None = None,
+        split: np.ndarray | None = None,
+    ) -> None:
+        self.module = module
+        self.train_config = train_config
+        self.var_names = list(var_names)
+        self.history = history if history is not None else pd.DataFrame()
+        self.summary = summary or {}
+        self.split = np.asarray(split if split is not None else [], dtype=object)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's parameters live."""
+        return next(self.module.parameters()).device
+
+    def _aligned_counts(self, adata: AnnData, layer: str | None) -> sp.csr_matrix:
+        X = counts_matrix(adata, layer)
+        if list(adata.var_names) == self.var_names:
+            return X
+        missing = [g for g in self.var_names if g not in adata.var_names]
+        if missing:
+            raise InputError(
+                f"{len(missing)} of the model's {len(self.var_names)} genes are missing from the "
+                f"AnnData (first: {missing[:5]}); pass data with the genes the model was trained on"
+            )
+        return X[:, adata.var_names.get_indexer(self.var_names)]
+
+    @torch.no_grad()
+    def get_latent(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = "counts",
+        batch_size: int = 1024,
+        return_scale: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Posterior means of z (and standard deviations) for every cell.
+
+        Parameters
+        ----------
+        adata
+            Cells with raw counts in ``layers[layer]`` (or ``X``) over the model's genes.
+        layer
+            Layer holding the counts.
+        batch_size
+            Cells encoded at once.
+        return_scale
+            Also return the posterior standard deviations.
+
+        Returns
+        -------
+        numpy.ndarray or tuple
+            ``(cells, n_latent)`` means, and the standard deviations when asked.
+        """
+        X = self._aligned_counts(adata, layer)
+        loader = CountBatches(X, np.arange(X.shape[0]), batch_size)
+        was_training = self.module.training
+        self.module.eval()
+        locs, scales = [], []
+        try:
+            for x in loader.epoch(0, self.device):
+                qz = self.module.inference(x)["qz"]
+                locs.append(qz.loc.cpu().numpy())
+                scales.append(qz.scale.cpu().numpy())
+        finally:
+            self.module.train(was_training)
+        loc, scale = np.concatenate(locs), np.concatenate(scales)
+        return (loc, scale) if return_scale else loc
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the state dict and settings to one file, atomically (torch.save)."""
+        payload = {
+            "model_config": self.module.config.to_dict(),
+            "train_config": self.train_config.to_dict(),
+            "state_dict": {k: v.cpu() for k, v in self.module.state_dict().items()},
+            "var_names": self.var_names,
+            "history": self.history.to_dict(orient="list"),
+            "summary": self.summary,
+            "split": self.split.tolist(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> SCVAE:
+        """Load a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The ``model.pt`` file.
+        device
+            Where to put the parameters.
+
+        Returns
+        -------
+        SCVAE
+            The model, in evaluation mode.
+        """
+        path = Path(path)
+        try:
+            payload = torch.load(path, map_location=device, weights_only=False)
+        except FileNotFoundError:
+            raise InputError(f"{path}: model file does not exist") from None
+        except Exception as err:
+            raise InputError(f"{path}: not a readable scvae model file ({err})") from err
+        module = VAE(VAEConfig(**payload["model_config"]))
+        module.load_state_dict(payload["state_dict"])
+        module.to(device).eval()
+        return cls(
+            module,
+            TrainConfig(**payload["train_config"]),
+            payload["var_names"],
+            pd.DataFrame(payload["history"]),
+            payload["summary"],
+            np.asarray(payload.get("split", []), dtype=object),
+        )

@@ -1,0 +1,5 @@
+"""Pyro models."""
+
+from scvae.models.vae import VAE, VAEConfig
+
+__all__ = ["VAE", "VAEConfig"]

@@ -1,0 +1,66 @@
+"""Neural-network building blocks shared by the encoder and the decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """Fully connected layers: Linear -> BatchNorm -> ReLU -> Dropout, repeated.
+
+    Parameters
+    ----------
+    n_in
+        Input width.
+    n_hidden
+        Width of every hidden layer.
+    n_layers
+        Number of hidden layers (0 gives the identity).
+    dropout
+        Dropout probability after each layer.
+    batch_norm
+        Whether to normalize each hidden layer over the minibatch.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_hidden: int,
+        n_layers: int,
+        *,
+        dropout: float = 0.0,
+        batch_norm: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = []
+        width = n_in
+        for _ in range(n_layers):
+            layers.append(nn.Linear(width, n_hidden))
+            if batch_norm:
+                # scvi-tools' settings: small momentum and a large eps keep the running
+                # statistics stable with sparse, heavy-tailed count inputs.
+                layers.append(nn.BatchNorm1d(n_hidden, momentum=0.01, eps=1e-3))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = n_hidden
+        super().__init__(*layers)
+        self.n_out = width
+
+
+class GaussianHead(nn.Module):
+    """Map a hidden representation to the mean and standard deviation of a Normal.
+
+    The scale goes through a softplus with a small floor so that it stays positive and
+    its gradient does not vanish for very small scales.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, min_scale: float = 1e-4) -> None:
+        super().__init__()
+        self.loc = nn.Linear(n_in, n_out)
+        self.raw_scale = nn.Linear(n_in, n_out)
+        self.min_scale = min_scale
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)``."""
+        return self.loc(h), nn.functional.softplus(self.raw_scale(h)) + self.min_scale

@@ -1,0 +1,136 @@
+"""Training settings and the split of a flat settings dict into model and training parts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+from scvae.models import VAEConfig
+from scvae.schedules import SCHEDULES
+
+
+@dataclass
+class TrainConfig:
+    """How a :class:`~scvae.models.VAE` is fitted.
+
+    Attributes
+    ----------
+    max_epochs
+        Upper bound on passes over the training cells.
+    batch_size
+        Cells per minibatch (capped at the number of training cells).
+    lr, weight_decay, eps
+        Adam settings (``eps`` as in scvi-tools, larger than torch's default).
+    clip_norm
+        Gradient-norm clipping threshold (0 = off).
+    beta
+        Full KL weight.
+    kl_schedule
+        ``constant``, ``linear``, ``sigmoid`` or ``cyclical`` (see :mod:`scvae.schedules`).
+    warmup_fraction
+        Share of all steps of the linear/sigmoid warm-up.
+    n_cycles, cycle_ratio
+        Cyclical schedule settings.
+    free_bits
+        Floor lambda (nats) on the batch-mean KL of each latent dimension.
+    val_fraction
+        Share of cells held out for validation and early stopping.
+    early_stopping, patience, min_delta
+        Stop when the validation ELBO has not improved by ``min_delta`` for ``patience``
+        epochs; only counted once the KL warm-up has ended.
+    seed
+        Seed for the split, the batches, torch, numpy and Pyro.
+    device
+        ``cpu``, ``cuda`` or ``auto`` (cuda when available).
+    checkpoint_every
+        Epochs between checkpoints (when a checkpoint directory is given).
+    threads
+        torch intra-op threads (0 = leave torch's choice).
+    """
+
+    max_epochs: int = 400
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    eps: float = 0.01
+    clip_norm: float = 10.0
+    beta: float = 1.0
+    kl_schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    n_cycles: int = 4
+    cycle_ratio: float = 0.5
+    free_bits: float = 0.0
+    val_fraction: float = 0.1
+    early_stopping: bool = True
+    patience: int = 30
+    min_delta: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 10
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_epochs": self.max_epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "clip_norm": self.clip_norm >= 0,
+            "beta": self.beta >= 0,
+            "free_bits": self.free_bits >= 0,
+            "val_fraction": 0 <= self.val_fraction < 1,
+            "warmup_fraction": 0 <= self.warmup_fraction <= 1,
+            "patience": self.patience >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"training setting {key}={getattr(self, key)!r} is out of range")
+        if self.kl_schedule not in SCHEDULES:
+            raise ValueError(
+                f"training setting kl_schedule={self.kl_schedule!r} is not one of {SCHEDULES}"
+            )
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"training setting device={self.device!r}: use auto, cpu or cuda")
+
+    def to_dict(self) -> dict:
+        """Return the settings as a plain dict."""
+        return asdict(self)
+
+
+MODEL_KEYS = frozenset(f.name for f in fields(VAEConfig)) - {"n_input"}
+TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def split_settings(settings: dict, n_input: int) -> tuple[VAEConfig, TrainConfig]:
+    """Split flat settings into the model's and the training's, rejecting unknown keys.
+
+    Parameters
+    ----------
+    settings
+        Keys of :class:`~scvae.models.VAEConfig` (except ``n_input``) and
+        :class:`TrainConfig`.
+    n_input
+        Number of genes.
+
+    Returns
+    -------
+    tuple
+        ``(VAEConfig, TrainConfig)``.
+    """
+    unknown = sorted(set(settings) - MODEL_KEYS - TRAIN_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown setting(s) {unknown}; model settings are {sorted(MODEL_KEYS)}, "
+            f"training settings are {sorted(TRAIN_KEYS)}"
+        )
+    model = VAEConfig(n_input=n_input, **{k: v for k, v in settings.items() if k in MODEL_KEYS})
+    train = TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_KEYS})
+    return model, train
+
+
+def settings_hash(*parts: dict) -> str:
+    """Short stable hash of settings dicts (identifies runs and checkpoints)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,295 @@
+"""Fit a count VAE: minibatches from sparse counts, KL schedule, free bits, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from scvae._atomic import atomic_path
+from scvae.data import CountBatches
+from scvae.errors import TrainingError
+from scvae.io import check_counts
+from scvae.model import SCVAE, counts_matrix
+from scvae.models import VAE
+from scvae.objective import FreeBitsELBO
+from scvae.schedules import KLSchedule
+from scvae.settings import split_settings, settings_hash
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# Settings that do not change what is computed, so a checkpoint written under other
+# values of them can still be resumed.
+_RESUMABLE_KEYS = ("checkpoint_every", "threads", "device")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device={name!r} was requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def split_cells(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/validation split of ``n`` cells (validation may be empty)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(val_fraction * n))
+    if n - n_val < 2:
+        n_val = 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds besides the network and optimizer."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val: float = -math.inf
+    bad_epochs: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def _evaluate(
+    module: VAE, elbo: FreeBitsELBO, loader: CountBatches, device: torch.device
+) -> dict[str, float]:
+    """Mean unweighted ELBO, reconstruction and KL per cell over a loader (eval mode)."""
+    module.eval()
+    sums = np.zeros(3)
+    n = 0
+    with torch.no_grad():
+        for x in loader.epoch(0, device):
+            t = elbo.terms(module.model, module.guide, x, 1.0)
+            kl = t.kl_per_dim.sum(-1) + t.kl_other
+            sums += [t.elbo.sum().item(), t.recon.sum().item(), kl.sum().item()]
+            n += x.shape[0]
+    module.train()
+    return dict(zip(("elbo", "recon", "kl"), (sums / max(n, 1)).tolist(), strict=True))
+
+
+def _save_checkpoint(path: Path, module, optimizer, state: _State, run_hash: str) -> None:
+    payload = {
+        "run_hash": run_hash,
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": state.__dict__,
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path, module, optimizer, run_hash: str, device) -> _State | None:
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # a checkpoint cut short by a kill: start over, loudly
+        log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, err)
+        return None
+    if payload.get("run_hash") != run_hash:
+        log.warning("checkpoint %s was written with other settings; training from scratch", path)
+        return None
+    module.load_state_dict(payload["module"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["torch_rng"])
+    state = _State(**payload["state"])
+    log.info("resuming from %s after epoch %d (step %d)", path, state.epoch, state.step)
+    return state
+
+
+def _theta_median(module: VAE) -> float:
+    log_theta = module.log_theta()
+    return float("nan") if log_theta is None else float(log_theta.detach().exp().median())
+
+
+def train(
+    adata: AnnData,
+    *,
+    layer: str | None = "counts",
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    **settings,
+) -> SCVAE:
+    """Fit a count VAE to the raw counts of ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with raw integer counts in ``layers[layer]`` (or ``X``).
+    layer
+        Layer holding the counts.
+    checkpoint_dir
+        Where to keep ``checkpoint.pt``; a rerun with the same settings resumes from it.
+        Keep it outside the workflow's declared outputs (Snakemake deletes those when a
+        job fails).
+    progress
+        Show a progress bar (None: only on a terminal).
+    **settings
+        Model settings (:class:`~scvae.models.VAEConfig`) and training settings
+        (:class:`~scvae.settings.TrainConfig`) in one flat namespace.
+
+    Returns
+    -------
+    SCVAE
+        The fitted model.
+    """
+    X = counts_matrix(adata, layer)
+    check_counts(X, source=f"AnnData layer {layer!r}" if layer in adata.layers else "AnnData X")
+    model_cfg, cfg = split_settings(settings, X.shape[1])
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    pyro.set_rng_seed(cfg.seed)
+
+    train_idx, val_idx = split_cells(X.shape[0], cfg.val_fraction, cfg.seed)
+    log_lib = np.log(np.maximum(np.asarray(X[train_idx].sum(1)).ravel(), 1.0))
+    module = VAE(
+        model_cfg,
+        library_log_mean=float(log_lib.mean()),
+        library_log_scale=float(max(log_lib.std(), 1e-3)),
+    ).to(device)
+    train_loader = CountBatches(X, train_idx, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    val_loader = CountBatches(X, val_idx, max(cfg.batch_size, 1024)) if len(val_idx) else None
+
+    optimizer = torch.optim.Adam(
+        module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps
+    )
+    elbo = FreeBitsELBO(free_bits=cfg.free_bits)
+    schedule = KLSchedule(
+        kind=cfg.kl_schedule,
+        beta=cfg.beta,
+        total_steps=cfg.max_epochs * len(train_loader),
+        warmup_fraction=cfg.warmup_fraction,
+        n_cycles=cfg.n_cycles,
+        ratio=cfg.cycle_ratio,
+    )
+    hashed = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_KEYS}
+    run_hash = settings_hash(model_cfg.to_dict(), hashed, list(X.shape), int(X.nnz))
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    state = (ckpt and _load_checkpoint(ckpt, module, optimizer, run_hash, device)) or _State()
+
+    log.info(
+        "training on %d cells (%d validation), %d genes, %d steps/epoch, device %s",
+        len(train_idx),
+        len(val_idx),
+        X.shape[1],
+        len(train_loader),
+        device,
+    )
+    bar = tqdm(
+        range(state.epoch, cfg.max_epochs),
+        initial=state.epoch,
+        total=cfg.max_epochs,
+        disable=None if progress is None else not progress,
+        desc="epochs",
+    )
+    for epoch in bar:
+        if state.stopped_early:
+            break
+        started = time.perf_counter()
+        sums = np.zeros(4)
+        n = 0
+        module.train()
+        for x in train_loader.epoch(epoch, device):
+            weight = schedule(state.step)
+            t = elbo.terms(module.model, module.guide, x, weight)
+            loss = elbo.loss_from_terms(t)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {state.step}: "
+                    "the learning rate may be too high for this data, or the input may not be "
+                    "raw counts; lower lr or check the input"
+                    + (f". The last good checkpoint is kept at {ckpt}" if ckpt else "")
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
+            optimizer.step()
+            state.step += 1
+            with torch.no_grad():
+                b = x.shape[0]
+                kl = t.kl_per_dim.sum(-1) + t.kl_other
+                sums += [
+                    loss.item() * b,
+                    t.elbo.sum().item(),
+                    t.recon.sum().item(),
+                    kl.sum().item(),
+                ]
+                n += b
+        train_loss, train_elbo, train_recon, train_kl = (sums / n).tolist()
+        val = _evaluate(module, elbo, val_loader, device) if val_loader else {}
+        state.seconds += time.perf_counter() - started
+        state.epoch = epoch + 1
+        state.history.append(
+            {
+                "epoch": state.epoch,
+                "step": state.step,
+                "kl_weight": schedule(max(state.step - 1, 0)),
+                "train_loss": train_loss,
+                "train_elbo": train_elbo,
+                "train_recon": train_recon,
+                "train_kl": train_kl,
+                "val_elbo": val.get("elbo", math.nan),
+                "val_recon": val.get("recon", math.nan),
+                "val_kl": val.get("kl", math.nan),
+                "theta_median": _theta_median(module),
+                "seconds": state.seconds,
+            }
+        )
+        bar.set_postfix(
+            elbo=f"{train_elbo:.1f}", kl=f"{train_kl:.2f}", w=f"{schedule(state.step):.2f}"
+        )
+        if cfg.early_stopping and val and state.step >= schedule.warmup_steps:
+            if val["elbo"] > state.best_val + cfg.min_delta:
+                state.best_val, state.bad_epochs = val["elbo"], 0
+            else:
+                state.bad_epochs += 1
+                if state.bad_epochs >= cfg.patience:
+                    state.stopped_early = True
+                    log.info(
+                        "early stopping after epoch %d (val ELBO %.2f)", state.epoch, val["elbo"]
+                    )
+        last = state.epoch == cfg.max_epochs or state.stopped_early
+        if ckpt is not None and (state.epoch % cfg.checkpoint_every == 0 or last):
+            _save_checkpoint(ckpt, module, optimizer, state, run_hash)
+        if state.stopped_early:
+            break
+    bar.close()
+    module.eval()
+
+    history = pd.DataFrame(state.history)
+    final = state.history[-1] if state.history else {}
+    summary = {
+        "epochs": state.epoch,
+        "steps": state.step,
+        "stopped_early": state.stopped_early,
+        "train_seconds": state.seconds,
+        "final_train_elbo": final.get("train_elbo", math.nan),
+        "final_train_kl": final.get("train_kl", math.nan),
+        "final_val_elbo": final.get("val_elbo", math.nan),
+        "final_val_kl": final.get("val_kl", math.nan),
+        "n_train_cells": int(len(train_idx)),
+        "n_val_cells": int(len(val_idx)),
+        "device": str(device),
+        "config_hash": run_hash,
+    }
+    split = np.full(X.shape[0], "train", dtype=object)
+    split[val_idx] = "validation"
+    return SCVAE(module, cfg, list(map(str, adata.var_names)), history, summary, split)
