@@ -24,7 +24,7 @@ from scvae.model import SCVAE, counts_matrix
 from scvae.models import VAE
 from scvae.objective import FreeBitsELBO
 from scvae.schedules import KLSchedule
-from scvae.settings import split_settings, settings_hash
+from scvae.settings import settings_hash, split_settings
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +293,63 @@ def train(
     split = np.full(X.shape[0], "train", dtype=object)
     split[val_idx] = "validation"
     return SCVAE(module, cfg, list(map(str, adata.var_names)), history, summary, split)
+
+
+def run_train(
+    input_h5ad: str | os.PathLike,
+    model_out: str | os.PathLike,
+    history_out: str | os.PathLike,
+    latent_out: str | os.PathLike,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    settings: dict | None = None,
+) -> SCVAE:
+    """Train on a preprocessed h5ad and write the model, the history and the latent AnnData.
+
+    The latent AnnData is the input plus ``obsm["X_scvae"]`` (posterior means),
+    ``obsm["X_scvae_scale"]`` (posterior standard deviations), ``obs["scvae_split"]``
+    (train / validation) and ``uns["scvae"]["train"]`` (settings, summary, versions).
+
+    Parameters
+    ----------
+    input_h5ad
+        Preprocessed AnnData with counts in ``layers["counts"]``.
+    model_out, history_out, latent_out
+        Output paths (``model.pt``, ``history.tsv``, ``latent.h5ad``), each written atomically.
+    checkpoint_dir
+        Where training checkpoints live (resumed when present).
+    settings
+        Flat model and training settings.
+
+    Returns
+    -------
+    SCVAE
+        The fitted model.
+    """
+    from scvae.io import read_h5ad_checked, write_h5ad
+    from scvae.provenance import versions
+
+    settings = dict(settings or {})
+    adata = read_h5ad_checked(input_h5ad)
+    model = train(adata, checkpoint_dir=checkpoint_dir, **settings)
+    model.save(model_out)
+    with atomic_path(history_out) as tmp:
+        model.history.to_csv(tmp, sep="\t", index=False)
+    loc, scale = model.get_latent(adata, return_scale=True)
+    adata.obsm["X_scvae"] = loc
+    adata.obsm["X_scvae_scale"] = scale
+    adata.obs["scvae_split"] = pd.Categorical(model.split, categories=["train", "validation"])
+    adata.uns.setdefault("scvae", {})["train"] = {
+        "model": model.module.config.to_dict(),
+        "training": model.train_config.to_dict(),
+        "summary": model.summary,
+        "versions": versions(),
+    }
+    write_h5ad(adata, latent_out)
+    log.info(
+        "wrote %s, %s and %s (obsm['X_scvae'], obsm['X_scvae_scale'])",
+        model_out,
+        history_out,
+        latent_out,
+    )
+    return model

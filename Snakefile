@@ -1,0 +1,23 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/diagnose.smk"
+include: "workflow/rules/cluster.smk"
+include: "workflow/rules/compare.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

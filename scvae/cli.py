@@ -1,0 +1,210 @@
+"""Command-line interface: one subcommand per workflow stage.
+
+Each subcommand is a thin wrapper over a ``run_*`` function of the package. Errors on bad
+input are printed as one line naming the file and the problem (no traceback) and exit
+with status 1, so that they reach the console of a Snakemake run as well as the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+from scvae.errors import InputError, TrainingError
+
+log = logging.getLogger("scvae")
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _setup_logging(log_file: str | None, verbose: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> None:
+    from scvae.preprocess import run_preprocess
+
+    run_preprocess(
+        args.input,
+        args.output,
+        args.qc_plot,
+        format=args.format,
+        label_key=args.label_key,
+        layer=args.layer,
+        transpose=args.transpose,
+        **args.params,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from scvae.train import run_train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = dict(args.settings)
+    if args.threads:
+        settings["threads"] = args.threads
+    run_train(
+        args.input,
+        args.model,
+        args.history,
+        args.latent,
+        checkpoint_dir=args.checkpoint_dir,
+        settings=settings,
+    )
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> None:
+    import torch
+
+    from scvae.diagnostics import run_diagnose
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_diagnose(args.model, args.input, args.output, figure_dir=args.figure_dir, **args.params)
+
+
+def _cmd_baseline(args: argparse.Namespace) -> None:
+    from scvae.baselines import run_baseline
+
+    run_baseline(
+        args.input, args.output, method=args.method, n_components=args.n_components, seed=args.seed
+    )
+
+
+def _cmd_cluster(args: argparse.Namespace) -> None:
+    from scvae.tl import run_cluster
+
+    run_cluster(
+        args.input,
+        args.output,
+        args.metrics,
+        diagnostics_json=args.diagnostics,
+        umap_plot=args.umap_plot,
+        **args.params,
+    )
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from scvae.compare import run_compare
+
+    run_compare(
+        args.dataset,
+        args.runs,
+        args.output,
+        args.summary,
+        figure_dir=args.figure_dir,
+        notes=args.note or [],
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scvae`` argument parser."""
+    parser = argparse.ArgumentParser(prog="scvae", description=__doc__.splitlines()[0])
+    parser.add_argument("--log", help="also write the log to this file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("preprocess", help="read counts, QC-filter, select genes")
+    p.add_argument("--input", required=True, help="counts file or 10x folder")
+    p.add_argument("--output", required=True, help="preprocessed .h5ad")
+    p.add_argument("--qc-plot", required=True, help="QC figure (.png)")
+    p.add_argument("--format", default=None, help="input format (detected when omitted)")
+    p.add_argument("--label-key", default=None, help="obs column holding cell-type labels")
+    p.add_argument("--layer", default=None, help="h5ad/loom layer holding the counts")
+    p.add_argument("--transpose", action="store_true", help="text input is genes x cells")
+    p.add_argument("--params", type=_json_arg, default={}, help="filter settings as JSON")
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("train", help="train a count VAE")
+    p.add_argument("--input", required=True, help="preprocessed .h5ad")
+    p.add_argument("--model", required=True, help="output model.pt")
+    p.add_argument("--history", required=True, help="output history.tsv")
+    p.add_argument("--latent", required=True, help="output latent.h5ad")
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoints (resumed when present)")
+    p.add_argument("--settings", type=_json_arg, default={}, help="model/training settings JSON")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("diagnose", help="posterior-collapse diagnostics")
+    p.add_argument("--model", required=True, help="model.pt")
+    p.add_argument("--input", required=True, help="latent.h5ad of the same run")
+    p.add_argument("--output", required=True, help="diagnostics.json")
+    p.add_argument("--figure-dir", required=True, help="folder for the diagnostic figures")
+    p.add_argument("--params", type=_json_arg, default={}, help="diagnostic settings JSON")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_cmd_diagnose)
+
+    p = sub.add_parser("baseline", help="baseline embedding (pca, scvi)")
+    p.add_argument("--input", required=True, help="preprocessed .h5ad")
+    p.add_argument("--output", required=True, help="latent.h5ad with obsm['X_scvae']")
+    p.add_argument("--method", required=True, choices=["pca", "scvi"])
+    p.add_argument("--n-components", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_baseline)
+
+    p = sub.add_parser("cluster", help="kNN graph, Leiden, UMAP and scores on the latent")
+    p.add_argument("--input", required=True, help="latent.h5ad")
+    p.add_argument("--output", required=True, help="final.h5ad")
+    p.add_argument("--metrics", required=True, help="metrics.json")
+    p.add_argument("--diagnostics", default=None, help="diagnostics.json to embed in uns")
+    p.add_argument("--umap-plot", default=None, help="UMAP figure (.png)")
+    p.add_argument("--params", type=_json_arg, default={}, help="clustering settings JSON")
+    p.set_defaults(func=_cmd_cluster)
+
+    p = sub.add_parser("compare", help="comparison table across variants, seeds, baselines")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--runs", nargs="+", required=True, help="run folders holding metrics.json")
+    p.add_argument("--output", required=True, help="comparison.tsv")
+    p.add_argument("--summary", required=True, help="summary.tsv")
+    p.add_argument("--figure-dir", required=True, help="folder for the comparison figures")
+    p.add_argument("--note", action="append", help="a note for the report (repeatable)")
+    p.set_defaults(func=_cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``scvae`` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log, args.verbose)
+    try:
+        args.func(args)
+    except (InputError, TrainingError) as err:
+        log.error("%s", err)
+        print(f"scvae {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        # Settings rejected by the model or training configuration.
+        log.error("%s", err)
+        print(f"scvae {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Turn the workflow config into the settings each stage's function takes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from scvae.settings import MODEL_KEYS, TRAIN_KEYS
+
+
+def resolve_variant(config: Mapping, variant: str, seed: int) -> dict:
+    """Settings of one run: the shared ``defaults``, then the variant's overrides, then the seed.
+
+    Parameters
+    ----------
+    config
+        The workflow config, with ``defaults`` and ``variants`` mappings.
+    variant
+        Name of a key of ``config["variants"]``.
+    seed
+        Replicate seed.
+
+    Returns
+    -------
+    dict
+        Flat settings accepted by :func:`scvae.train`.
+    """
+    variants = config.get("variants", {})
+    if variant not in variants:
+        raise KeyError(
+            f"variant {variant!r} is not defined in config 'variants' ({sorted(variants)})"
+        )
+    settings = {**config.get("defaults", {}), **(variants[variant] or {}), "seed": int(seed)}
+    unknown = sorted(set(settings) - MODEL_KEYS - TRAIN_KEYS)
+    if unknown:
+        raise ValueError(f"variant {variant!r}: unknown setting(s) {unknown}")
+    return settings
+
+
+# Config values that mean "no filter"; the preprocessing functions take None for that.
+_OFF = {"min_counts": 0, "max_counts": 0, "n_top_genes": 0, "max_mito_fraction": 1.0}
+
+
+def preprocess_settings(config: Mapping) -> dict:
+    """Keyword arguments of :func:`scvae.preprocess.preprocess` from ``config["preprocess"]``.
+
+    Parameters
+    ----------
+    config
+        The workflow config.
+
+    Returns
+    -------
+    dict
+        Filter settings, with the config's "off" values (0, or 1.0 for the mitochondrial
+        fraction) as None.
+    """
+    out = {}
+    for key, value in (config.get("preprocess") or {}).items():
+        out[key] = None if key in _OFF and value == _OFF[key] else value
+    return out

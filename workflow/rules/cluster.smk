@@ -1,0 +1,28 @@
+rule cluster:
+    input:
+        latent="results/{dataset}/{name}/seed{seed}/latent.h5ad",
+        diagnostics=cluster_diagnostics,
+    output:
+        final="results/{dataset}/{name}/seed{seed}/final.h5ad",
+        metrics="results/{dataset}/{name}/seed{seed}/metrics.json",
+        umap=report(
+            "results/{dataset}/{name}/seed{seed}/figures/umap.png",
+            category="UMAP",
+            labels={"dataset": "{dataset}", "run": "{name}", "seed": "{seed}"},
+        ),
+    log:
+        "logs/{dataset}/{name}/seed{seed}/cluster.log",
+    params:
+        cli=SCVAE,
+        settings=cluster_json,
+        diagnostics=lambda wc, input: f"--diagnostics {input.diagnostics}" if input.diagnostics else "",
+    threads: config["threads"]
+    resources:
+        mem_mb=mem_mb_from_input(factor=4, floor=3000),
+        runtime=30,
+    conda:
+        "../../envs/scvae.yaml"
+    shell:
+        "{params.cli} --log {log} cluster --input {input.latent} --output {output.final} "
+        "--metrics {output.metrics} {params.diagnostics} --umap-plot {output.umap} "
+        "--params {params.settings:q}"

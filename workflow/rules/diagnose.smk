@@ -1,0 +1,40 @@
+rule diagnose:
+    input:
+        model="results/{dataset}/{variant}/seed{seed}/model.pt",
+        latent="results/{dataset}/{variant}/seed{seed}/latent.h5ad",
+    output:
+        json="results/{dataset}/{variant}/seed{seed}/diagnostics.json",
+        kl=report(
+            "results/{dataset}/{variant}/seed{seed}/figures/kl_per_dim.png",
+            category="Diagnostics",
+            subcategory="KL per dimension",
+            labels={"dataset": "{dataset}", "variant": "{variant}", "seed": "{seed}"},
+        ),
+        sensitivity=report(
+            "results/{dataset}/{variant}/seed{seed}/figures/sensitivity_vs_kl.png",
+            category="Diagnostics",
+            subcategory="Decoder sensitivity",
+            labels={"dataset": "{dataset}", "variant": "{variant}", "seed": "{seed}"},
+        ),
+        spectrum=report(
+            "results/{dataset}/{variant}/seed{seed}/figures/jtj_spectrum.png",
+            category="Diagnostics",
+            subcategory="Jacobian spectrum",
+            labels={"dataset": "{dataset}", "variant": "{variant}", "seed": "{seed}"},
+        ),
+    log:
+        "logs/{dataset}/{variant}/seed{seed}/diagnose.log",
+    params:
+        cli=SCVAE,
+        settings=diagnostics_json,
+        figure_dir=subpath(output.kl, parent=True),
+    threads: config["threads"]
+    resources:
+        mem_mb=mem_mb_from_input(factor=4, floor=3000),
+        runtime=30,
+    conda:
+        "../../envs/scvae.yaml"
+    shell:
+        "{params.cli} --log {log} diagnose --model {input.model} --input {input.latent} "
+        "--output {output.json} --figure-dir {params.figure_dir} "
+        "--params {params.settings:q} --threads {threads}"

@@ -1,0 +1,25 @@
+rule preprocess:
+    input:
+        dataset_input,
+    output:
+        h5ad="results/{dataset}/preprocessed.h5ad",
+        qc=report(
+            "results/{dataset}/qc.png",
+            category="Quality control",
+            labels={"dataset": "{dataset}", "figure": "QC"},
+        ),
+    log:
+        "logs/{dataset}/preprocess.log",
+    params:
+        cli=SCVAE,
+        options=dataset_options,
+        settings=preprocess_json,
+    threads: 1
+    resources:
+        mem_mb=mem_mb_from_input(factor=20, floor=2000),
+        runtime=30,
+    conda:
+        "../../envs/scvae.yaml"
+    shell:
+        "{params.cli} --log {log} preprocess --input {input:q} --output {output.h5ad} "
+        "--qc-plot {output.qc} {params.options} --params {params.settings:q}"
