@@ -1,0 +1,600 @@
+"""Read single-cell count matrices from the common formats into one AnnData layout.
+
+Every reader ends in the same place: ``X`` holds the raw integer counts as a
+``scipy.sparse.csr_matrix`` of float32 (cells x genes), ``layers["counts"]`` holds a
+copy of them, obs and var names are unique, ``obs["label"]`` holds the cell labels when
+there are any, and ``uns["scvae"]["input"]`` records where the data came from.
+
+Bad input raises :class:`scvae.errors.InputError` with a message that names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from scipy import sparse
+
+from scvae._atomic import atomic_path
+from scvae.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("10x_h5", "10x_mtx", "h5ad", "loom", "csv", "xy_h5")
+"""Input formats that :func:`read_counts` understands."""
+
+_TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": None}
+# Values checked per pass in check_counts: bounds the temporaries on huge matrices.
+_CHECK_CHUNK = 1 << 24
+# Dense X/Y files are converted to CSR this many values at a time, so that a large
+# float64 matrix is never held densely in memory as a whole.
+_XY_BLOCK_VALUES = 1 << 24
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_counts(X: Any, *, source: str, hint: str | None = None) -> None:
+    """Check that a matrix holds raw counts: finite, non-negative integers, non-empty.
+
+    Only the stored values of a sparse matrix are inspected, so a large sparse
+    matrix is never densified.
+
+    Parameters
+    ----------
+    X
+        Cells x genes matrix: a scipy sparse matrix or array, or a dense array.
+    source
+        What the matrix came from (usually the file path); every message names it.
+    hint
+        Extra advice appended to the message for non-integer values, such as the
+        layers the input file offers.
+
+    Raises
+    ------
+    InputError
+        If the matrix is empty, or holds NaN, infinite, negative or non-integer
+        values.
+    """
+    n_cells, n_genes = X.shape
+    if n_cells == 0 or n_genes == 0:
+        raise InputError(
+            f"{source}: the count matrix is empty ({n_cells} cells x {n_genes} genes)."
+        )
+    # ravel(order="K") does not copy a contiguous array, whatever its memory order.
+    data = np.ravel(X.data if sparse.issparse(X) else np.asarray(X), order="K")
+    if data.dtype.kind not in "biuf":
+        raise InputError(
+            f"{source}: the count matrix has dtype {data.dtype}; expected numbers "
+            "(raw integer counts)."
+        )
+    if data.dtype.kind != "f":
+        _check_negative(data, source)
+        return
+    _check_finite(data, source)
+    _check_negative(data, source)
+    _check_integer(data, source, hint)
+
+
+def _chunks(data: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, data.size, _CHECK_CHUNK):
+        yield data[start : start + _CHECK_CHUNK]
+
+
+def _check_finite(data: np.ndarray, source: str) -> None:
+    n_bad = sum(int(np.count_nonzero(~np.isfinite(c))) for c in _chunks(data))
+    if n_bad:
+        raise InputError(
+            f"{source}: the count matrix holds {n_bad} NaN or infinite value(s); raw "
+            "counts must be finite. Check how the matrix was exported."
+        )
+
+
+def _check_negative(data: np.ndarray, source: str) -> None:
+    n_neg = sum(int(np.count_nonzero(c < 0)) for c in _chunks(data))
+    if n_neg:
+        raise InputError(
+            f"{source}: the count matrix holds {n_neg} negative value(s) (minimum "
+            f"{data.min():g}); raw counts are never negative, so the data look scaled "
+            "or batch-corrected. scvae expects raw integer counts."
+        )
+
+
+def _check_integer(data: np.ndarray, source: str, hint: str | None) -> None:
+    n_frac = 0
+    example = None
+    for chunk in _chunks(data):
+        frac = chunk != np.round(chunk)
+        n = int(np.count_nonzero(frac))
+        if n and example is None:
+            example = float(chunk[np.argmax(frac)])
+        n_frac += n
+    if not n_frac:
+        return
+    msg = (
+        f"{source}: the count matrix holds {n_frac} non-integer value(s) (for example "
+        f"{example:.4g}), so it looks normalized or log-transformed. scvae models raw "
+        "integer counts (UMI or read counts): pass the raw counts instead, for example "
+        "the layer that holds them (layer='counts' reads adata.layers['counts'])."
+    )
+    if hint:
+        msg += f" {hint}"
+    raise InputError(msg)
+
+
+# ------------------------------------------------------------------ format detection
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Guess the input format of ``path`` from its type, extension and content.
+
+    Parameters
+    ----------
+    path
+        A file or a 10x matrix folder.
+
+    Returns
+    -------
+    str
+        One of :data:`FORMATS`.
+
+    Raises
+    ------
+    InputError
+        If the path does not exist or the format cannot be recognised.
+    """
+    path = Path(path)
+    _require_exists(path)
+    if path.is_dir():
+        return "10x_mtx"
+    suffixes = [s.lower() for s in path.suffixes]
+    last = suffixes[-1] if suffixes else ""
+    if last == ".gz" and len(suffixes) > 1:
+        last = suffixes[-2]
+    if last == ".h5ad":
+        return "h5ad"
+    if last == ".loom":
+        return "loom"
+    if last in _TEXT_SUFFIXES:
+        return "csv"
+    if last in (".h5", ".hdf5"):
+        return _detect_h5_layout(path)
+    raise InputError(
+        f"{path}: unknown format (extension {''.join(path.suffixes) or 'none'!r}); "
+        f"name it .h5ad, .loom, .h5, .csv/.tsv/.txt[.gz] or a 10x folder, or pass "
+        f"format= one of {', '.join(FORMATS)}."
+    )
+
+
+def _detect_h5_layout(path: Path) -> str:
+    with _open_h5(path) as f:
+        if _is_cellranger_v3(f) or _is_cellranger_v2(f):
+            return "10x_h5"
+        if isinstance(f.get("X"), h5py.Dataset):
+            return "xy_h5"
+        keys = ", ".join(sorted(f.keys())) or "none"
+    raise InputError(
+        f"{path}: unknown format: an HDF5 file that is neither a Cell Ranger matrix "
+        f"(group 'matrix') nor an X/Y file (dataset 'X'); top-level keys: {keys}."
+    )
+
+
+def _is_cellranger_v3(f: h5py.File) -> bool:
+    group = f.get("matrix")
+    needed = ("data", "indices", "indptr", "shape", "features")
+    return isinstance(group, h5py.Group) and all(k in group for k in needed)
+
+
+def _is_cellranger_v2(f: h5py.File) -> bool:
+    # Cell Ranger v2 stores one group per genome, each with a 'genes' dataset.
+    return any(isinstance(g, h5py.Group) and "genes" in g and "data" in g for g in f.values())
+
+
+def _require_exists(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: input does not exist.")
+
+
+def _corrupt(path: Path, err: BaseException, what: str) -> InputError:
+    return InputError(
+        f"{path}: could not be read as {what}; the file looks truncated or corrupt "
+        f"({type(err).__name__}: {err}). Copy or download it again."
+    )
+
+
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise _corrupt(path, err, "HDF5") from err
+
+
+# --------------------------------------------------------------------------- readers
+
+# A reader returns the data and, optionally, advice for a non-integer-values error.
+_Read = tuple[anndata.AnnData, str | None]
+
+
+def _read_10x_h5(path: Path, *, layer: str | None, transpose: bool) -> _Read:
+    try:
+        # scanpy signals a missing dataset with a bare Exception.
+        return sc.read_10x_h5(path), None
+    except OSError as err:
+        raise _corrupt(path, err, "a 10x Genomics HDF5 matrix") from err
+    except Exception as err:
+        raise InputError(
+            f"{path}: not a readable Cell Ranger HDF5 matrix ({type(err).__name__}: {err})."
+        ) from err
+
+
+_MTX_LAYOUTS = {
+    # scanpy reads Cell Ranger v3+ folders only gzipped and v2 folders only plain.
+    "v3": ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"),
+    "v2": ("matrix.mtx", "genes.tsv", "barcodes.tsv"),
+}
+
+
+def _read_10x_mtx(path: Path, *, layer: str | None, transpose: bool) -> _Read:
+    if not path.is_dir():
+        raise InputError(f"{path}: format '10x_mtx' expects a folder, got a file.")
+    layout = "v2" if (path / "genes.tsv").is_file() else "v3"
+    missing = [name for name in _MTX_LAYOUTS[layout] if not (path / name).is_file()]
+    if missing:
+        raise InputError(_mtx_missing_message(path, missing))
+    try:
+        # make_unique=False: duplicates are made unique later, with a warning.
+        return sc.read_10x_mtx(path, make_unique=False), None
+    except Exception as err:
+        raise InputError(
+            f"{path}: could not read the 10x matrix folder ({type(err).__name__}: {err}); "
+            "a file looks truncated or corrupt, or not in Cell Ranger layout (features.tsv.gz "
+            "has 3 tab-separated columns: id, name, feature type)."
+        ) from err
+
+
+def _mtx_missing_message(path: Path, missing: list[str]) -> str:
+    notes = []
+    for name in missing:
+        twin = name[: -len(".gz")] if name.endswith(".gz") else f"{name}.gz"
+        if (path / twin).is_file():
+            # scanpy reads v3 folders gzipped and v2 folders plain, nothing in between.
+            notes.append(
+                f"{name} ({twin} is there: {'gzip' if name.endswith('.gz') else 'gunzip'} it)"
+            )
+        else:
+            notes.append(name)
+    return (
+        f"{path}: the 10x matrix folder is missing {', '.join(notes)}. A Cell Ranger "
+        "folder holds matrix.mtx.gz, features.tsv.gz and barcodes.tsv.gz (v3+), or "
+        "matrix.mtx, genes.tsv and barcodes.tsv uncompressed (v2)."
+    )
+
+
+def _read_h5ad(path: Path, *, layer: str | None, transpose: bool) -> _Read:
+    try:
+        src = anndata.read_h5ad(path)
+    except OSError as err:
+        raise _corrupt(path, err, "h5ad") from err
+    except Exception as err:
+        raise InputError(
+            f"{path}: could not be read as h5ad ({type(err).__name__}: {err}); the file "
+            "looks truncated or corrupt, or was written by an incompatible tool."
+        ) from err
+    X = _pick_layer(src, layer, path)
+    # Other layers, uns and graphs refer to the source's processing, not to the counts.
+    out = anndata.AnnData(X=X, obs=src.obs, var=src.var, obsm=dict(src.obsm))
+    return out, None if layer else _layers_hint(src)
+
+
+def _pick_layer(src: anndata.AnnData, layer: str | None, path: Path) -> Any:
+    if layer is None:
+        if src.X is None:
+            raise InputError(f"{path}: has no X matrix. {_layers_hint(src)}")
+        return src.X
+    if layer not in src.layers:
+        raise InputError(f"{path}: has no layer {layer!r}; {_layers_hint(src)}")
+    return src.layers[layer]
+
+
+def _layers_hint(src: anndata.AnnData) -> str:
+    names = ", ".join(repr(k) for k in src.layers) or "none"
+    return f"Layers in this file: {names} (pass layer=<name> to read one)."
+
+
+def _read_loom(path: Path, *, layer: str | None, transpose: bool) -> _Read:
+    try:
+        src = anndata.read_loom(path, sparse=True, cleanup=False)
+    except OSError as err:
+        raise _corrupt(path, err, "loom") from err
+    except Exception as err:
+        raise InputError(
+            f"{path}: could not be read as loom ({type(err).__name__}: {err})."
+        ) from err
+    # anndata writes the names as 'obs_names'/'var_names', loompy tools as CellID/Gene.
+    _names_from_column(src.obs, ("obs_names", "cell_names"))
+    _names_from_column(src.var, ("var_names", "gene_names"))
+    X = _pick_layer(src, layer, path)
+    out = anndata.AnnData(X=X, obs=src.obs, var=src.var, obsm=dict(src.obsm))
+    return out, None if layer else _layers_hint(src)
+
+
+def _names_from_column(df: pd.DataFrame, candidates: tuple[str, ...]) -> None:
+    if not isinstance(df.index, pd.RangeIndex) and not df.index.equals(
+        pd.Index([str(i) for i in range(len(df))])
+    ):
+        return
+    for name in candidates:
+        if name in df.columns:
+            df.index = df.pop(name).astype(str).to_numpy()
+            return
+
+
+def _read_text(path: Path, *, layer: str | None, transpose: bool) -> _Read:
+    sep = _text_delimiter(path)
+    try:
+        df = pd.read_csv(path, sep=sep, header=0, index_col=0)
+    except pd.errors.ParserError as err:
+        raise InputError(
+            f"{path}: malformed delimited text: a row has more fields than the header "
+            f"({err}). Every row needs a name and one value per column."
+        ) from err
+    except pd.errors.EmptyDataError as err:
+        raise InputError(f"{path}: the file is empty.") from err
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as err:
+        raise _corrupt(path, err, "delimited text") from err
+    _check_table(df, path)
+    X = sparse.csr_matrix(df.to_numpy())
+    obs, var = pd.DataFrame(index=df.index.astype(str)), pd.DataFrame(index=df.columns.astype(str))
+    if transpose:
+        X, obs, var = X.T.tocsr(), var, obs
+    return anndata.AnnData(X=X, obs=obs, var=var), None
+
+
+def _text_delimiter(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes] or [""]
+    gzipped = suffixes[-1] == ".gz"
+    ext = suffixes[-2] if gzipped and len(suffixes) > 1 else suffixes[-1]
+    sep = _TEXT_SUFFIXES.get(ext)
+    if sep is not None:
+        return sep
+    # .txt (or no extension with format="csv") could be either: look at the header.
+    opener = gzip.open if gzipped else open
+    try:
+        with opener(path, "rt") as handle:
+            header = handle.readline()
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise _corrupt(path, err, "delimited text") from err
+    if "\t" in header:
+        return "\t"
+    if "," in header:
+        return ","
+    return r"\s+"
+
+
+def _check_table(df: pd.DataFrame, path: Path) -> None:
+    for column in df.columns:
+        values = df[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            continue
+        bad = (pd.to_numeric(values, errors="coerce").isna() & values.notna()).to_numpy()
+        i = int(bad.argmax())
+        raise InputError(
+            f"{path}: non-numeric value {values.iloc[i]!r} in row {values.index[i]!r}, "
+            f"column {column!r}; the table must hold counts, with names in the header row "
+            "and the first column only."
+        )
+    missing = df.isna().to_numpy()
+    if missing.any():
+        i, j = np.argwhere(missing)[0]
+        raise InputError(
+            f"{path}: missing value in row {df.index[i]!r}, column {df.columns[j]!r}: a "
+            "row with fewer fields than the header (ragged file) or an empty cell."
+        )
+
+
+def _read_xy_h5(path: Path, *, layer: str | None, transpose: bool) -> _Read:
+    with _open_h5(path) as f:
+        if not isinstance(f.get("X"), h5py.Dataset) or f["X"].ndim != 2:
+            raise InputError(f"{path}: an X/Y file needs a 2-D dataset 'X' (cells x genes).")
+        try:
+            X = _dense_h5_to_csr(f["X"])
+            y = f["Y"][()] if isinstance(f.get("Y"), h5py.Dataset) else None
+        except OSError as err:
+            raise _corrupt(path, err, "HDF5") from err
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{path}: dataset 'X' is not a numeric matrix ({err}).") from err
+    if transpose:
+        X = X.T.tocsr()
+    n_cells, n_genes = X.shape
+    adata = anndata.AnnData(
+        X=X,
+        obs=pd.DataFrame(index=[f"cell_{i}" for i in range(n_cells)]),
+        var=pd.DataFrame(index=[f"gene_{j}" for j in range(n_genes)]),
+    )
+    if y is not None:
+        adata.obs["label"] = _xy_labels(np.asarray(y), n_cells, path)
+    return adata, None
+
+
+def _dense_h5_to_csr(dataset: h5py.Dataset) -> sparse.csr_matrix:
+    n_rows, n_cols = dataset.shape
+    step = max(1, _XY_BLOCK_VALUES // max(1, n_cols))
+    if dataset.chunks:
+        # Whole chunks per block: a compressed chunk is decompressed for every read
+        # that touches it, so partial-chunk blocks would decompress it many times.
+        chunk_rows = dataset.chunks[0]
+        step = max(1, step // chunk_rows) * chunk_rows
+    blocks = [sparse.csr_matrix(dataset[i : i + step]) for i in range(0, n_rows, step)]
+    if not blocks:
+        return sparse.csr_matrix((n_rows, n_cols), dtype=dataset.dtype)
+    return sparse.vstack(blocks, format="csr")
+
+
+def _xy_labels(y: np.ndarray, n_cells: int, path: Path) -> pd.Categorical:
+    y = y.reshape(-1)
+    if y.size != n_cells:
+        raise InputError(f"{path}: dataset 'Y' has {y.size} labels for {n_cells} cells.")
+    if y.dtype.kind not in "iuf" or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+        raise InputError(f"{path}: dataset 'Y' must hold integer cell-type labels.")
+    codes = y.astype(np.int64)
+    categories = [str(c) for c in np.unique(codes)]
+    return pd.Categorical(codes.astype(str), categories=categories)
+
+
+_READERS: dict[str, Callable[..., _Read]] = {
+    "10x_h5": _read_10x_h5,
+    "10x_mtx": _read_10x_mtx,
+    "h5ad": _read_h5ad,
+    "loom": _read_loom,
+    "csv": _read_text,
+    "xy_h5": _read_xy_h5,
+}
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def read_counts(
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    label_key: str | None = None,
+    layer: str | None = None,
+    transpose: bool = False,
+) -> anndata.AnnData:
+    """Read a raw count matrix from any supported format and check it.
+
+    Parameters
+    ----------
+    path
+        Input file, or a 10x Genomics matrix folder.
+    format
+        One of ``"10x_h5"``, ``"10x_mtx"``, ``"h5ad"``, ``"loom"``, ``"csv"``
+        (delimited text: .csv, .tsv or .txt, optionally gzipped) or ``"xy_h5"``
+        (datasets ``X`` and ``Y`` at the top level of an HDF5 file). Detected from the
+        path and the content when None.
+    label_key
+        Column of the input's obs to use as cell labels; copied to ``obs["label"]``.
+        X/Y files always get their ``Y`` labels there.
+    layer
+        For h5ad and loom inputs: the layer that holds the raw counts, when ``X``
+        holds normalized values.
+    transpose
+        For text and X/Y inputs: the matrix is genes x cells instead of cells x genes.
+
+    Returns
+    -------
+    anndata.AnnData
+        ``X`` is the raw counts as a float32 CSR matrix, ``layers["counts"]`` a copy
+        of it, names are unique and ``uns["scvae"]["input"]`` records path and format.
+        Of an h5ad or loom input only obs, var and obsm are kept; of a 10x input
+        only the "Gene Expression" features, named by gene symbol.
+
+    Raises
+    ------
+    InputError
+        If the input is missing, unreadable, of an unknown format, or does not hold
+        raw counts.
+    """
+    path = Path(path)
+    _require_exists(path)
+    fmt = detect_format(path) if format is None else _check_format_arg(format, path)
+    _check_options(path, fmt, layer=layer, transpose=transpose)
+    with warnings.catch_warnings():
+        # Duplicate names get one warning below that names the file and the count;
+        # anndata's generic ones would only repeat it.
+        warnings.filterwarnings("ignore", message=r".* names are not unique")
+        warnings.filterwarnings("ignore", category=anndata.ImplicitModificationWarning)
+        adata, hint = _READERS[fmt](path, layer=layer, transpose=transpose)
+    check_counts(adata.X, source=str(path), hint=hint)
+    adata.X = _to_csr_float32(adata.X)
+    # A copy, not the same object: scanpy calls that normalize X in place must not
+    # change the counts layer.
+    adata.layers["counts"] = adata.X.copy()
+    _make_names_unique(adata, path)
+    if label_key is not None:
+        adata.obs["label"] = _labels_from_column(adata.obs, label_key, path)
+    adata.uns["scvae"] = {"input": {"path": str(path), "format": fmt}}
+    logger.info("Read %d cells x %d genes from %s (%s)", *adata.shape, path, fmt)
+    return adata
+
+
+def _check_format_arg(fmt: str, path: Path) -> str:
+    if fmt not in FORMATS:
+        raise InputError(f"{path}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    if path.is_dir() and fmt != "10x_mtx":
+        raise InputError(f"{path}: is a folder; only format '10x_mtx' reads a folder.")
+    return fmt
+
+
+def _check_options(path: Path, fmt: str, *, layer: str | None, transpose: bool) -> None:
+    if layer is not None and fmt not in ("h5ad", "loom"):
+        raise InputError(f"{path}: layer= applies to h5ad and loom inputs, not {fmt}.")
+    if transpose and fmt not in ("csv", "xy_h5"):
+        raise InputError(
+            f"{path}: transpose= applies to text and X/Y inputs; {fmt} files have a fixed "
+            "orientation."
+        )
+
+
+def _to_csr_float32(X: Any) -> sparse.csr_matrix:
+    X = sparse.csr_matrix(X, dtype=np.float32)
+    X.sum_duplicates()
+    X.eliminate_zeros()
+    return X
+
+
+def _make_names_unique(adata: anndata.AnnData, path: Path) -> None:
+    for axis, what in (("obs", "cell"), ("var", "gene")):
+        names = getattr(adata, f"{axis}_names")
+        n_dup = len(names) - names.nunique()
+        if not n_dup:
+            continue
+        getattr(adata, f"{axis}_names_make_unique")()
+        msg = f"{path}: {n_dup} duplicate {what} name(s) made unique by appending '-1', '-2', ..."
+        logger.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _labels_from_column(obs: pd.DataFrame, label_key: str, path: Path) -> pd.Categorical:
+    if label_key not in obs.columns:
+        available = ", ".join(repr(c) for c in obs.columns) or "none"
+        raise InputError(
+            f"{path}: label_key {label_key!r} is not an obs column; available columns: {available}."
+        )
+    values = obs[label_key]
+    known = values.dropna()
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = known.to_numpy(dtype=float)
+        if np.all(numbers == np.round(numbers)):
+            # 1.0 -> "1", as for X/Y labels, so that labels compare across inputs.
+            categories = [str(v) for v in np.unique(numbers.astype(np.int64))]
+            strings = [None if pd.isna(v) else str(int(v)) for v in values]
+            return pd.Categorical(strings, categories=categories)
+    strings = [None if pd.isna(v) else str(v) for v in values]
+    return pd.Categorical(strings)
+
+
+def write_h5ad(adata: anndata.AnnData, path: str | os.PathLike) -> None:
+    """Write ``adata`` to an h5ad file atomically (no partial file on failure).
+
+    Parameters
+    ----------
+    adata
+        Data to write.
+    path
+        Destination ``.h5ad`` file; its folder is created if needed.
+    """
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+    logger.info("Wrote %d cells x %d genes to %s", *adata.shape, path)

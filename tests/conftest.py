@@ -1,0 +1,37 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+# The CI clone has ../shared beside the repository, as the development checkout does.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder of real single-cell files (../shared/data); skips the test if absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (needs ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def small_counts() -> anndata.AnnData:
+    """60 cells x 40 genes of Poisson counts with names, 3 'MT-' genes and labels."""
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, size=(60, 40)).astype(np.float32)
+    genes = [f"MT-{i}" if i < 3 else f"GENE{i}" for i in range(40)]
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(rng.choice(["B", "T", "NK"], 60))},
+        index=[f"cell{i}" for i in range(60)],
+    )
+    adata = anndata.AnnData(X=sparse.csr_matrix(X), obs=obs, var=pd.DataFrame(index=genes))
+    adata.layers["counts"] = adata.X.copy()
+    return adata

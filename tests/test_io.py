@@ -1,0 +1,416 @@
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.io
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy import sparse
+
+from scvae.errors import InputError
+from scvae.io import FORMATS, check_counts, detect_format, read_counts, write_h5ad
+
+# ----------------------------------------------------------------- file writers
+
+
+def write_10x_h5_v3(path: Path, adata: anndata.AnnData) -> None:
+    """Cell Ranger v3 layout: genes x cells CSC stored as CSR of the transpose."""
+    X = sparse.csr_matrix(adata.X).astype(np.int32)
+    n_cells, n_genes = X.shape
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g["barcodes"] = np.array(adata.obs_names, dtype="S")
+        g["data"] = X.data
+        g["indices"] = X.indices.astype(np.int64)
+        g["indptr"] = X.indptr.astype(np.int64)
+        g["shape"] = np.array([n_genes, n_cells], dtype=np.int32)
+        feats = g.create_group("features")
+        feats["id"] = np.array([f"ENSG{i:05d}" for i in range(n_genes)], dtype="S")
+        feats["name"] = np.array(adata.var_names, dtype="S")
+        feats["feature_type"] = np.array(["Gene Expression"] * n_genes, dtype="S")
+        feats["genome"] = np.array(["GRCh38"] * n_genes, dtype="S")
+
+
+def write_10x_h5_v2(path: Path, adata: anndata.AnnData) -> None:
+    X = sparse.csr_matrix(adata.X).astype(np.int32)
+    n_cells, n_genes = X.shape
+    with h5py.File(path, "w") as f:
+        g = f.create_group("GRCh38")
+        g["barcodes"] = np.array(adata.obs_names, dtype="S")
+        g["data"] = X.data
+        g["indices"] = X.indices.astype(np.int64)
+        g["indptr"] = X.indptr.astype(np.int64)
+        g["shape"] = np.array([n_genes, n_cells], dtype=np.int32)
+        g["genes"] = np.array([f"ENSG{i:05d}" for i in range(n_genes)], dtype="S")
+        g["gene_names"] = np.array(adata.var_names, dtype="S")
+
+
+def write_10x_mtx(folder: Path, adata: anndata.AnnData) -> Path:
+    folder.mkdir()
+    scipy.io.mmwrite(folder / "matrix.mtx", sparse.csr_matrix(adata.X.T).astype(np.int64))
+    features = pd.DataFrame(
+        {"id": adata.var_names, "name": adata.var_names, "type": "Gene Expression"}
+    )
+    features.to_csv(folder / "features.tsv", sep="\t", header=False, index=False)
+    pd.Series(adata.obs_names).to_csv(folder / "barcodes.tsv", header=False, index=False)
+    for name in ("matrix.mtx", "features.tsv", "barcodes.tsv"):
+        with open(folder / name, "rb") as src, gzip.open(folder / f"{name}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        (folder / name).unlink()
+    return folder
+
+
+def write_xy_h5(path: Path, X: np.ndarray, y: np.ndarray | None = None) -> Path:
+    with h5py.File(path, "w") as f:
+        f["X"] = X
+        if y is not None:
+            f["Y"] = y
+    return path
+
+
+def dense(adata: anndata.AnnData) -> np.ndarray:
+    return np.asarray(adata.X.todense())
+
+
+def assert_contract(adata: anndata.AnnData, path: Path, fmt: str) -> None:
+    assert isinstance(adata.X, sparse.csr_matrix)
+    assert adata.X.dtype == np.float32
+    assert (adata.layers["counts"] != adata.X).nnz == 0
+    assert adata.layers["counts"] is not adata.X
+    assert adata.obs_names.is_unique and adata.var_names.is_unique
+    assert adata.uns["scvae"]["input"] == {"path": str(path), "format": fmt}
+
+
+# ------------------------------------------------------------------- real data
+
+
+def test_10x_mtx_real(shared_data):
+    path = shared_data / "celltypist_sample_10x_mtx"
+    adata = read_counts(path)
+    assert adata.shape == (559, 32786)
+    assert_contract(adata, path, "10x_mtx")
+    assert adata.var_names.str.startswith("MT-").sum() > 10
+    assert "label" not in adata.obs
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "n_labels"),
+    [("pbmc4k_top2000.h5", (4271, 2000), 8), ("worm_neuron_top2000.h5", (4186, 2000), 10)],
+)
+def test_xy_h5_real(shared_data, name, shape, n_labels):
+    path = shared_data / name
+    assert detect_format(path) == "xy_h5"
+    adata = read_counts(path)
+    assert adata.shape == shape
+    assert_contract(adata, path, "xy_h5")
+    labels = adata.obs["label"]
+    assert isinstance(labels.dtype, pd.CategoricalDtype)
+    assert list(labels.cat.categories) == [str(i) for i in range(1, n_labels + 1)]
+    assert adata.obs_names[0] == "cell_0" and adata.var_names[-1] == f"gene_{shape[1] - 1}"
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(dense(adata)[:50], f["X"][:50])
+        assert labels.iloc[3] == str(int(f["Y"][3]))
+
+
+def test_bundled_pbmc_matches_shared(shared_data):
+    bundled = Path(__file__).resolve().parents[1] / "resources" / "pbmc4k" / "pbmc4k_top2000.h5"
+    assert bundled.read_bytes() == (shared_data / "pbmc4k_top2000.h5").read_bytes()
+
+
+# --------------------------------------------------------- small written files
+
+
+def test_h5ad_counts_in_x(tmp_path, small_counts):
+    path = tmp_path / "a.h5ad"
+    small_counts.write_h5ad(path)
+    adata = read_counts(path, label_key="cell_type")
+    assert_contract(adata, path, "h5ad")
+    np.testing.assert_array_equal(dense(adata), small_counts.X.toarray())
+    assert list(adata.obs["label"]) == list(small_counts.obs["cell_type"].astype(str))
+
+
+def test_h5ad_counts_in_layer(tmp_path, small_counts):
+    normalized = small_counts.copy()
+    sc.pp.normalize_total(normalized, target_sum=1e4)
+    sc.pp.log1p(normalized)
+    path = tmp_path / "norm.h5ad"
+    normalized.write_h5ad(path)
+    adata = read_counts(path, layer="counts")
+    np.testing.assert_array_equal(dense(adata), small_counts.X.toarray())
+    with pytest.raises(InputError) as err:
+        read_counts(path)
+    msg = str(err.value)
+    assert str(path) in msg and "normalized or log-transformed" in msg and "'counts'" in msg
+    with pytest.raises(InputError, match="no layer 'raw'.*'counts'"):
+        read_counts(path, layer="raw")
+
+
+def test_loom(tmp_path, small_counts):
+    path = tmp_path / "a.loom"
+    small_counts.write_loom(path)
+    adata = read_counts(path, label_key="cell_type")
+    assert detect_format(path) == "loom"
+    assert_contract(adata, path, "loom")
+    assert list(adata.obs_names) == list(small_counts.obs_names)
+    assert list(adata.var_names) == list(small_counts.var_names)
+    np.testing.assert_array_equal(dense(adata), small_counts.X.toarray())
+    assert adata.obs["label"].iloc[0] == small_counts.obs["cell_type"].iloc[0]
+
+
+@pytest.mark.parametrize("name", ["m.csv", "m.tsv", "m.tsv.gz", "m.csv.gz", "m.txt"])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_delimited_text(tmp_path, small_counts, name, transpose):
+    df = small_counts.to_df().astype(int)
+    if transpose:
+        df = df.T
+    path = tmp_path / name
+    df.to_csv(path, sep="," if ".csv" in name else "\t")
+    adata = read_counts(path, transpose=transpose)
+    assert_contract(adata, path, "csv")
+    assert list(adata.obs_names) == list(small_counts.obs_names)
+    assert list(adata.var_names) == list(small_counts.var_names)
+    np.testing.assert_array_equal(dense(adata), small_counts.X.toarray())
+
+
+def test_10x_h5_v3_written_with_h5py(tmp_path, small_counts):
+    path = tmp_path / "filtered_feature_bc_matrix.h5"
+    write_10x_h5_v3(path, small_counts)
+    reference = sc.read_10x_h5(path)  # scanpy accepts what the test writes
+    np.testing.assert_array_equal(reference.X.toarray(), small_counts.X.toarray())
+    assert detect_format(path) == "10x_h5"
+    adata = read_counts(path)
+    assert_contract(adata, path, "10x_h5")
+    assert list(adata.var_names) == list(small_counts.var_names)
+    np.testing.assert_array_equal(dense(adata), small_counts.X.toarray())
+
+
+def test_10x_h5_v2_legacy(tmp_path, small_counts):
+    path = tmp_path / "legacy.h5"
+    write_10x_h5_v2(path, small_counts)
+    assert detect_format(path) == "10x_h5"
+    np.testing.assert_array_equal(dense(read_counts(path)), small_counts.X.toarray())
+
+
+def test_10x_mtx_written(tmp_path, small_counts):
+    folder = write_10x_mtx(tmp_path / "mtx", small_counts)
+    adata = read_counts(folder)
+    assert_contract(adata, folder, "10x_mtx")
+    np.testing.assert_array_equal(dense(adata), small_counts.X.toarray())
+
+
+def test_xy_h5_int_labels_and_transpose(tmp_path):
+    X = np.arange(12).reshape(3, 4)
+    path = write_xy_h5(tmp_path / "xy.h5", X.T, np.array([2.0, 1.0, 2.0]))
+    adata = read_counts(path, transpose=True)
+    np.testing.assert_array_equal(dense(adata), X)
+    assert list(adata.obs["label"]) == ["2", "1", "2"]
+    unlabelled = read_counts(write_xy_h5(tmp_path / "nolab.h5", X))
+    assert "label" not in unlabelled.obs
+
+
+def test_numeric_label_key_as_int_strings(tmp_path, small_counts):
+    small_counts.obs["cluster"] = np.arange(60) % 3 + 1.0
+    path = tmp_path / "a.h5ad"
+    small_counts.write_h5ad(path)
+    labels = read_counts(path, label_key="cluster").obs["label"]
+    assert list(labels.cat.categories) == ["1", "2", "3"]
+
+
+def test_write_h5ad_atomic(tmp_path, small_counts, monkeypatch):
+    path = tmp_path / "out" / "a.h5ad"
+    write_h5ad(small_counts, path)
+    assert anndata.read_h5ad(path).shape == small_counts.shape
+
+    def fail(self, filename, **kwargs):
+        Path(filename).write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(anndata.AnnData, "write_h5ad", fail)
+    with pytest.raises(RuntimeError):
+        write_h5ad(small_counts, tmp_path / "out" / "b.h5ad")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.h5ad"]
+
+
+# ------------------------------------------------------------- not errors
+
+
+def test_duplicate_names_made_unique_with_warning(tmp_path, small_counts):
+    small_counts.var_names = ["GENE1"] * 3 + list(small_counts.var_names[3:])
+    folder = write_10x_mtx(tmp_path / "dup", small_counts)
+    with pytest.warns(UserWarning, match="2 duplicate gene name"):
+        adata = read_counts(folder)
+    assert adata.var_names.is_unique
+    assert list(adata.var_names[:3]) == ["GENE1", "GENE1-1", "GENE1-2"]
+
+
+def test_duplicate_cell_names_in_text(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text(",g1,g2\nc1,1,2\nc1,3,4\n")
+    with pytest.warns(UserWarning, match=f"{path}: 1 duplicate cell name"):
+        adata = read_counts(path)
+    assert list(adata.obs_names) == ["c1", "c1-1"]
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def h5ad_with(tmp_path: Path, X: np.ndarray) -> Path:
+    path = tmp_path / "bad.h5ad"
+    anndata.AnnData(X=X.astype(np.float32)).write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("transform", "problem"),
+    [
+        (lambda X: X / X.sum(axis=1, keepdims=True) * 1e4, "normalized or log-transformed"),
+        (np.log1p, "normalized or log-transformed"),
+        (lambda X: X - 5.0, "negative"),
+        (lambda X: np.where(X > 3, np.nan, X), "NaN or infinite"),
+        (lambda X: np.where(X > 3, np.inf, X), "NaN or infinite"),
+    ],
+    ids=["normalized", "log1p", "negative", "nan", "inf"],
+)
+def test_not_raw_counts(tmp_path, transform, problem):
+    X = np.random.default_rng(1).poisson(3.0, size=(20, 10)).astype(float) + 1
+    path = h5ad_with(tmp_path, transform(X))
+    with pytest.raises(InputError) as err:
+        read_counts(path)
+    assert str(path) in str(err.value) and problem in str(err.value)
+    if problem.startswith("normalized"):
+        assert "raw integer counts" in str(err.value) and "layers['counts']" in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.h5ad"
+    with pytest.raises(InputError, match=f"{path}: input does not exist"):
+        read_counts(path)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".h5ad"])
+def test_truncated_hdf5(tmp_path, small_counts, suffix):
+    path = tmp_path / f"full{suffix}"
+    if suffix == ".h5":
+        write_xy_h5(path, small_counts.X.toarray(), np.ones(60))
+    else:
+        small_counts.write_h5ad(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as err:
+        read_counts(path)
+    assert str(path) in str(err.value) and "truncated or corrupt" in str(err.value)
+
+
+def test_unknown_format(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(",g1\nc1,1\n")
+    with pytest.raises(InputError, match=f"{path}: unknown format 'parquet'"):
+        read_counts(path, format="parquet")
+    other = tmp_path / "m.xlsx"
+    other.write_text("x")
+    with pytest.raises(InputError, match=f"{other}: unknown format"):
+        read_counts(other)
+    h5 = tmp_path / "other.h5"
+    with h5py.File(h5, "w") as f:
+        f["something"] = np.ones(3)
+    with pytest.raises(InputError, match=f"{h5}: unknown format.*something"):
+        read_counts(h5)
+    assert set(FORMATS) == {"10x_h5", "10x_mtx", "h5ad", "loom", "csv", "xy_h5"}
+
+
+@pytest.mark.parametrize("missing", ["matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"])
+def test_10x_folder_missing_file(tmp_path, small_counts, missing):
+    folder = write_10x_mtx(tmp_path / "mtx", small_counts)
+    (folder / missing).unlink()
+    with pytest.raises(InputError) as err:
+        read_counts(folder)
+    assert str(folder) in str(err.value) and f"missing {missing}" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (",g1,g2,g3\nc1,1,2,3\nc2,4,5\n", "fewer fields than the header"),
+        (",g1,g2,g3\nc1,1,2,3\nc2,4,5,6,7\n", "more fields than the header"),
+        (",g1,g2,g3\nc1,1,2,3\nc2,4,five,6\n", "non-numeric value 'five' in row 'c2'"),
+    ],
+    ids=["short-row", "long-row", "non-numeric"],
+)
+def test_bad_csv(tmp_path, text, problem):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        read_counts(path)
+    assert str(path) in str(err.value) and problem in str(err.value)
+
+
+def test_missing_label_key(tmp_path, small_counts):
+    path = tmp_path / "a.h5ad"
+    small_counts.write_h5ad(path)
+    with pytest.raises(InputError) as err:
+        read_counts(path, label_key="celltype")
+    msg = str(err.value)
+    assert str(path) in msg and "'celltype'" in msg and "'cell_type'" in msg
+
+
+def test_empty_matrix(tmp_path):
+    path = write_xy_h5(tmp_path / "empty.h5", np.zeros((0, 5)))
+    with pytest.raises(InputError, match=f"{path}: the count matrix is empty"):
+        read_counts(path)
+
+
+def test_options_that_do_not_apply(tmp_path, small_counts):
+    path = tmp_path / "a.h5ad"
+    small_counts.write_h5ad(path)
+    with pytest.raises(InputError, match="transpose"):
+        read_counts(path, transpose=True)
+    csv = tmp_path / "m.csv"
+    csv.write_text(",g1\nc1,1\n")
+    with pytest.raises(InputError, match="layer"):
+        read_counts(csv, layer="counts")
+
+
+# ---------------------------------------------------------- check_counts properties
+
+int_matrices = hnp.arrays(
+    dtype=st.sampled_from([np.int32, np.int64, np.float32, np.float64]),
+    shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8),
+    elements=st.integers(min_value=0, max_value=10_000),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(X=int_matrices, as_sparse=st.booleans())
+def test_check_counts_accepts_integer_counts(X, as_sparse):
+    check_counts(sparse.csr_matrix(X) if as_sparse else X, source="m")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    X=int_matrices,
+    data=st.data(),
+    bad=st.one_of(
+        st.floats(min_value=0.01, max_value=0.99).map(lambda v: ("frac", v)),
+        st.integers(min_value=1, max_value=100).map(lambda v: ("neg", -v)),
+    ),
+    as_sparse=st.booleans(),
+)
+def test_check_counts_rejects_one_bad_entry(X, data, bad, as_sparse):
+    kind, value = bad
+    X = X.astype(np.float64)
+    i = data.draw(st.integers(0, X.shape[0] - 1))
+    j = data.draw(st.integers(0, X.shape[1] - 1))
+    X[i, j] = X[i, j] + value if kind == "frac" else value
+    M = sparse.csr_matrix(X) if as_sparse else X
+    expected = "non-integer" if kind == "frac" else "negative"
+    with pytest.raises(InputError, match=f"^source.h5ad: .*{expected}"):
+        check_counts(M, source="source.h5ad")
