@@ -280,9 +280,23 @@ def _mtx_missing_message(path: Path, missing: list[str]) -> str:
     )
 
 
-def _read_h5ad(path: Path, *, layer: str | None, transpose: bool) -> _Read:
+def read_h5ad(path: str | os.PathLike) -> anndata.AnnData:
+    """Read a whole h5ad file, with a clear error when it is missing or corrupt.
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file (for example an output of an earlier workflow stage).
+
+    Returns
+    -------
+    anndata.AnnData
+        Everything the file holds (layers, obsm, uns).
+    """
+    path = Path(path)
+    _require_exists(path)
     try:
-        src = anndata.read_h5ad(path)
+        return anndata.read_h5ad(path)
     except OSError as err:
         raise _corrupt(path, err, "h5ad") from err
     except Exception as err:
@@ -290,6 +304,10 @@ def _read_h5ad(path: Path, *, layer: str | None, transpose: bool) -> _Read:
             f"{path}: could not be read as h5ad ({type(err).__name__}: {err}); the file "
             "looks truncated or corrupt, or was written by an incompatible tool."
         ) from err
+
+
+def _read_h5ad(path: Path, *, layer: str | None, transpose: bool) -> _Read:
+    src = read_h5ad(path)
     X = _pick_layer(src, layer, path)
     # Other layers, uns and graphs refer to the source's processing, not to the counts.
     out = anndata.AnnData(X=X, obs=src.obs, var=src.var, obsm=dict(src.obsm))

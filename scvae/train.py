@@ -326,11 +326,11 @@ def run_train(
     SCVAE
         The fitted model.
     """
-    from scvae.io import read_h5ad_checked, write_h5ad
+    from scvae.io import read_h5ad, write_h5ad
     from scvae.provenance import versions
 
     settings = dict(settings or {})
-    adata = read_h5ad_checked(input_h5ad)
+    adata = read_h5ad(input_h5ad)
     model = train(adata, checkpoint_dir=checkpoint_dir, **settings)
     model.save(model_out)
     with atomic_path(history_out) as tmp:
