@@ -8,7 +8,47 @@ import torch
 LIKELIHOODS = ("nb", "zinb", "poisson")
 
 
-def negative_binomial(log_mu: torch.Tensor, log_theta: torch.Tensor) -> dist.NegativeBinomial:
+class NegativeBinomial(dist.NegativeBinomial):
+    """Negative binomial parametrized by log mean and log inverse dispersion.
+
+    Same distribution as :class:`pyro.distributions.NegativeBinomial` (and its sampling,
+    mean and variance), with a log-density written in ``(log mu, log theta)``:
+
+    ``theta (log theta - log(theta + mu)) + x (log mu - log(theta + mu))
+    + lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``.
+
+    ``lgamma(theta)`` is evaluated on the un-broadcast theta (one value per gene rather
+    than per cell and gene), which saves one of the three full-size log-gamma evaluations
+    and its digamma gradient on every training step.
+    """
+
+    def __init__(self, log_mu: torch.Tensor, log_theta: torch.Tensor) -> None:
+        self.log_mu, self.log_theta = log_mu, log_theta
+        theta = log_theta.exp()
+        self._theta = theta
+        super().__init__(
+            total_count=theta.expand_as(log_mu), logits=log_mu - log_theta, validate_args=False
+        )
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-density of counts ``value``."""
+        log_mu, log_theta, theta = self.log_mu, self.log_theta, self._theta
+        log_theta_mu = torch.logaddexp(log_theta, log_mu)
+        return (
+            theta * (log_theta - log_theta_mu)
+            + value * (log_mu - log_theta_mu)
+            + torch.lgamma(value + theta)
+            - torch.lgamma(theta)
+            - torch.lgamma(value + 1)
+        )
+
+    def expand(self, batch_shape, _instance=None):
+        """Expand to ``batch_shape`` (keeps the mean/dispersion parametrization)."""
+        batch_shape = torch.Size(batch_shape)
+        return NegativeBinomial(self.log_mu.expand(batch_shape), self.log_theta)
+
+
+def negative_binomial(log_mu: torch.Tensor, log_theta: torch.Tensor) -> NegativeBinomial:
     """Negative binomial with mean ``mu`` and inverse dispersion ``theta``.
 
     torch parametrizes the NB by ``total_count`` r and the success ``logits``, with mean
@@ -24,13 +64,10 @@ def negative_binomial(log_mu: torch.Tensor, log_theta: torch.Tensor) -> dist.Neg
 
     Returns
     -------
-    dist.NegativeBinomial
+    NegativeBinomial
         A Pyro distribution with batch shape ``log_mu.shape``.
     """
-    theta = log_theta.exp()
-    return dist.NegativeBinomial(
-        total_count=theta.expand_as(log_mu), logits=log_mu - log_theta, validate_args=False
-    )
+    return NegativeBinomial(log_mu, log_theta)
 
 
 def count_distribution(

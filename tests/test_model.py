@@ -137,3 +137,22 @@ def test_generative_accepts_sample_dimensions():
     assert out["px"].log_prob(x).shape == (5, 8, x.shape[1])
     # The decoder mean sums to the library size.
     torch.testing.assert_close(out["log_mu"].exp().sum(-1), vae.library(x).squeeze(-1).expand(5, 8))
+
+
+def test_nb_log_prob_matches_torch_parametrization():
+    gen = torch.Generator().manual_seed(1)
+    log_mu = torch.randn(16, 30, generator=gen) + 1.0
+    log_theta = torch.randn(30, generator=gen)
+    x = torch.poisson(log_mu.exp(), generator=gen)
+    ours = negative_binomial(log_mu, log_theta).log_prob(x)
+    theta = log_theta.exp().expand_as(log_mu)
+    ref = torch.distributions.NegativeBinomial(total_count=theta, logits=log_mu - log_theta)
+    torch.testing.assert_close(ours, ref.log_prob(x), rtol=1e-5, atol=1e-4)
+    # Per-cell dispersion (same shape as the mean) too.
+    log_theta_cell = torch.randn(16, 30, generator=gen)
+    ref = torch.distributions.NegativeBinomial(
+        total_count=log_theta_cell.exp(), logits=log_mu - log_theta_cell
+    )
+    torch.testing.assert_close(
+        negative_binomial(log_mu, log_theta_cell).log_prob(x), ref.log_prob(x), rtol=1e-5, atol=1e-4
+    )

@@ -1,0 +1,530 @@
+"""Comparison figures: KL per dimension, MI and active units, scores, UMAPs, curves.
+
+Each function draws one PNG and writes it atomically. They build
+:class:`matplotlib.figure.Figure` objects directly (Agg canvas, no pyplot), so they
+neither depend on nor change the global matplotlib backend or figure registry, and
+they are safe in worker processes without a display.
+
+The per-run tables are the output of :func:`scvae.compare.collect` (one row per
+variant x seed, baselines included).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import anndata as ad
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from scvae._atomic import atomic_path
+from scvae.metrics import ari
+
+__all__ = [
+    "plot_kl_heatmap",
+    "plot_mi_au",
+    "plot_scores",
+    "plot_training_curves",
+    "plot_umap_grid",
+]
+
+logger = logging.getLogger(__name__)
+
+DPI = 120
+_SCORE_METRICS = ["kmeans_ari", "kmeans_nmi", "leiden_ari", "leiden_nmi"]
+_UNLABELLED_METRICS = ["silhouette", "modularity"]
+_METRIC_NAMES = {
+    "kmeans_ari": "KMeans ARI",
+    "kmeans_nmi": "KMeans NMI",
+    "leiden_ari": "Leiden ARI",
+    "leiden_nmi": "Leiden NMI",
+    "silhouette": "silhouette (clusters)",
+    "modularity": "modularity",
+}
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+    logger.info("wrote %s", path)
+
+
+def _palette(n: int) -> list:
+    """``n`` distinguishable colours: tab10, tab20, then evenly spaced turbo."""
+    if n <= 10:
+        return [mpl.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [mpl.colormaps["tab20"](i) for i in range(n)]
+    return [mpl.colormaps["turbo"](x) for x in np.linspace(0.03, 0.97, n)]
+
+
+def _variants(df: pd.DataFrame) -> list[str]:
+    """Variants in first-seen order, VAE variants before baselines."""
+    order = list(dict.fromkeys(df["variant"].astype(str)))
+    if "kind" not in df:
+        return order
+    kind = df.groupby("variant", sort=False)["kind"].first()
+    return [v for v in order if kind.get(v) != "baseline"] + [
+        v for v in order if kind.get(v) == "baseline"
+    ]
+
+
+def _offsets(n: int, width: float = 0.3) -> np.ndarray:
+    """Deterministic horizontal spread for ``n`` points around a category position."""
+    return np.zeros(1) if n == 1 else np.linspace(-width / 2, width / 2, n)
+
+
+def _empty(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------------------
+# KL per dimension
+# --------------------------------------------------------------------------------------
+
+
+def plot_kl_heatmap(
+    df_kl_per_dim: pd.DataFrame, path: str | os.PathLike, *, title: str | None = None
+) -> None:
+    """Heatmap of the KL divergence per latent dimension, variants x dimensions.
+
+    Collapsed dimensions show as near-zero columns. Values are written in the cells
+    when the grid is small enough to read them; NaN cells (a variant with fewer
+    dimensions) are grey.
+
+    Parameters
+    ----------
+    df_kl_per_dim
+        Variants as index, dimensions as columns, KL in nats (for example
+        :func:`scvae.compare.collect_kl_per_dim`). The columns' name, if set, is used
+        as the x-axis label.
+    path
+        PNG to write.
+    title
+        Figure title; a default one otherwise.
+    """
+    data = df_kl_per_dim.astype(float)
+    n_rows, n_cols = data.shape
+    fig = Figure(figsize=(max(5.0, 0.55 * n_cols + 3.0), max(2.5, 0.45 * n_rows + 1.6)))
+    ax = fig.subplots()
+    if data.size == 0:
+        _empty(ax, "no per-dimension KL available")
+    else:
+        cmap = mpl.colormaps["viridis"].with_extremes(bad="0.85")
+        image = ax.imshow(np.ma.masked_invalid(data.to_numpy()), aspect="auto", cmap=cmap, vmin=0)
+        cbar = fig.colorbar(image, ax=ax, pad=0.02)
+        cbar.set_label("KL per dimension (nats)")
+        ax.set_xticks(range(n_cols), [str(c) for c in data.columns])
+        ax.set_yticks(range(n_rows), [str(i) for i in data.index])
+        if n_rows * n_cols <= 400:
+            vmax = np.nanmax(data.to_numpy())
+            for (i, j), value in np.ndenumerate(data.to_numpy()):
+                if np.isfinite(value):
+                    colour = "black" if value > 0.6 * vmax else "white"
+                    ax.text(
+                        j, i, f"{value:.2g}", ha="center", va="center", fontsize=7, color=colour
+                    )
+    ax.set_xlabel(data.columns.name or "latent dimension")
+    ax.set_ylabel("variant")
+    ax.set_title(title or "KL(q(z|x) || p(z)) per latent dimension (mean over cells and seeds)")
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# MI and active units
+# --------------------------------------------------------------------------------------
+
+
+def _seed_strip(ax: Axes, df: pd.DataFrame, variants: list[str], column: str) -> None:
+    """Seeds as points (collapsed runs as red crosses) and the mean as a bar."""
+    for i, variant in enumerate(variants):
+        runs = df[df["variant"].astype(str) == variant]
+        values = runs[column].to_numpy(dtype=float)
+        ok = np.isfinite(values)
+        if not ok.any():
+            continue
+        collapsed = runs["collapsed"].to_numpy(dtype=bool) if "collapsed" in runs else ~ok
+        x = i + _offsets(len(values))
+        ax.scatter(x[ok & ~collapsed], values[ok & ~collapsed], color="C0", s=28, zorder=3)
+        ax.scatter(
+            x[ok & collapsed], values[ok & collapsed], color="C3", marker="x", s=36, zorder=3
+        )
+        ax.hlines(np.nanmean(values), i - 0.3, i + 0.3, color="black", lw=2, zorder=2)
+
+
+def plot_mi_au(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Mutual information I(x; z) and active units per variant, with the seed spread.
+
+    Each seed is a point (red cross if the run is collapsed), the black bar is the
+    mean over seeds; in the active-units panel a grey dash marks ``n_latent``. Rows
+    without diagnostics (baselines) are left out.
+
+    Parameters
+    ----------
+    df
+        Per-run table from :func:`scvae.compare.collect` (columns ``variant``, ``mi``,
+        ``active_units``, ``n_latent`` and optionally ``collapsed``).
+    path
+        PNG to write.
+    """
+    has_diag = df[["mi", "active_units"]].astype(float).notna().any(axis=1)
+    data = df[has_diag]
+    variants = _variants(data) if len(data) else []
+    fig = Figure(figsize=(max(7.0, 1.4 * len(variants) + 3.0), 4.2), layout="constrained")
+    ax_mi, ax_au = fig.subplots(1, 2)
+    if not variants:
+        _empty(ax_mi, "no diagnostics")
+        _empty(ax_au, "no diagnostics")
+    else:
+        _seed_strip(ax_mi, data, variants, "mi")
+        _seed_strip(ax_au, data, variants, "active_units")
+        n_latent = data.groupby("variant", sort=False)["n_latent"].max()
+        for i, variant in enumerate(variants):
+            if np.isfinite(n_latent.get(variant, np.nan)):
+                ax_au.hlines(n_latent[variant], i - 0.35, i + 0.35, color="0.6", ls="--", lw=1.5)
+        for ax in (ax_mi, ax_au):
+            ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+            ax.set_xlim(-0.6, len(variants) - 0.4)
+            ax.set_xlabel("variant")
+            ax.grid(axis="y", alpha=0.3)
+        # a little below 0 so that zero-valued (collapsed) seeds stay visible
+        for ax in (ax_mi, ax_au):
+            ax.set_ylim(bottom=-0.04 * max(ax.get_ylim()[1], 1e-9))
+    ax_mi.set_ylabel("I(x; z) (nats)")
+    ax_mi.set_title("Mutual information between x and z")
+    ax_au.set_ylabel("active latent units")
+    ax_au.set_title("Active units (of n_latent)")
+    handles = [
+        Line2D([], [], color="C0", marker="o", ls="", label="seed"),
+        Line2D([], [], color="C3", marker="x", ls="", label="collapsed seed"),
+        Line2D([], [], color="black", lw=2, label="mean over seeds"),
+        Line2D([], [], color="0.6", ls="--", lw=1.5, label="n_latent"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False)
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# clustering scores
+# --------------------------------------------------------------------------------------
+
+
+def plot_scores(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """ARI and NMI (KMeans and Leiden) per variant, baselines included.
+
+    Bars are means over seeds with the sample standard deviation as error bars;
+    each seed is a dot. Baselines are hatched and listed after the VAE variants;
+    unavailable ones are marked ``n/a``. Without labels the panel shows silhouette and
+    modularity of the Leiden clusters instead.
+
+    Parameters
+    ----------
+    df
+        Per-run table from :func:`scvae.compare.collect`.
+    path
+        PNG to write.
+    """
+    numeric = df.copy()
+    present = [m for m in _SCORE_METRICS if m in numeric and numeric[m].notna().any()]
+    labelled = bool(present)
+    if not labelled:
+        present = [m for m in _UNLABELLED_METRICS if m in numeric and numeric[m].notna().any()]
+    variants = _variants(numeric) if len(numeric) else []
+    fig = Figure(figsize=(max(7.0, 0.9 * len(variants) * max(1, len(present)) / 2 + 3), 4.5))
+    ax = fig.subplots()
+    if not present or not variants:
+        _empty(ax, "no clustering metrics")
+    else:
+        _score_bars(ax, numeric, variants, present)
+    ax.set_xlabel("variant")
+    ax.set_ylabel("score (higher is better)")
+    ax.set_title(
+        "Agreement of clusters with cell-type labels (mean ± sd over seeds)"
+        if labelled
+        else "Cluster quality without labels (mean ± sd over seeds)"
+    )
+    _save(fig, path)
+
+
+def _score_bars(ax: Axes, df: pd.DataFrame, variants: list[str], metrics: list[str]) -> None:
+    width = 0.8 / len(metrics)
+    kind = df.groupby("variant", sort=False)["kind"].first() if "kind" in df else pd.Series()
+    colours = _palette(len(metrics))
+    for j, metric in enumerate(metrics):
+        for i, variant in enumerate(variants):
+            values = df.loc[df["variant"].astype(str) == variant, metric].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            x = i - 0.4 + width * (j + 0.5)
+            if values.size == 0:
+                if j == 0:
+                    ax.text(i, 0.02, "n/a", ha="center", va="bottom", color="0.4")
+                continue
+            sd = values.std(ddof=1) if values.size > 1 else 0.0
+            hatch = "//" if kind.get(variant) == "baseline" else None
+            ax.bar(
+                x,
+                values.mean(),
+                width,
+                yerr=sd,
+                color=colours[j],
+                hatch=hatch,
+                edgecolor="white",
+                capsize=2,
+                error_kw={"lw": 1},
+            )
+            ax.scatter(x + _offsets(values.size, width * 0.6), values, s=8, color="black", zorder=3)
+    ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+    ax.set_xlim(-0.6, len(variants) - 0.4)
+    top = np.nanmax(df[metrics].to_numpy(dtype=float))
+    ax.set_ylim(min(0.0, np.nanmin(df[metrics].to_numpy(dtype=float))), max(1.0, top) * 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    handles = [
+        Patch(color=colours[j], label=_METRIC_NAMES.get(m, m)) for j, m in enumerate(metrics)
+    ]
+    handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="baseline"))
+    handles.append(Line2D([], [], color="black", marker="o", ls="", markersize=3, label="seed"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+# --------------------------------------------------------------------------------------
+# UMAP grid
+# --------------------------------------------------------------------------------------
+
+
+def _scatter_categories(
+    ax: Axes, xy: np.ndarray, values: pd.Series, categories: Sequence[str], size: float
+) -> list:
+    colours = dict(zip(categories, _palette(len(categories)), strict=True))
+    values = values.astype(str).to_numpy()
+    handles = []
+    for cat in categories:
+        mask = values == cat
+        if mask.any():
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colours[cat], lw=0, rasterized=True)
+        handles.append(Line2D([], [], color=colours[cat], marker="o", ls="", label=cat))
+    return handles
+
+
+def _umap_axes(ax: Axes) -> None:
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _sorted_categories(values: Sequence) -> list[str]:
+    """Category names, numerically sorted when they are all integers."""
+    names = sorted({str(v) for v in values if not pd.isna(v)})
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return names
+
+
+def plot_umap_grid(
+    adatas: Mapping[str, ad.AnnData],
+    path: str | os.PathLike,
+    label_key: str = "label",
+    cluster_key: str = "scvae_leiden",
+) -> None:
+    """UMAPs of several variants: one row per variant, coloured by label and by cluster.
+
+    Label colours are shared across rows (same cell type, same colour) with one
+    legend; cluster ids are written at each cluster's median position, and the panel
+    title gives the number of clusters and their ARI against the labels.
+
+    Parameters
+    ----------
+    adatas
+        ``{variant name: AnnData}`` with ``obsm["X_umap"]`` (from
+        :func:`scvae.tl.cluster`).
+    path
+        PNG to write.
+    label_key
+        Column of ``obs`` with cell-type labels (panels say so when absent).
+    cluster_key
+        Column of ``obs`` with the clusters.
+    """
+    names = list(adatas)
+    label_values = [
+        v for a in adatas.values() if label_key in a.obs for v in a.obs[label_key].unique()
+    ]
+    label_cats = _sorted_categories(label_values)
+    n_rows = max(1, len(names))
+    fig = Figure(figsize=(11.5, 4.6 * n_rows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, 2, squeeze=False))
+    label_handles: list = []
+    for row, name in enumerate(names):
+        adata = adatas[name]
+        ax_label, ax_cluster = axes[row]
+        if "X_umap" not in adata.obsm:
+            _empty(ax_label, f"{name}: no obsm['X_umap']")
+            _empty(ax_cluster, f"{name}: no obsm['X_umap']")
+            continue
+        xy = np.asarray(adata.obsm["X_umap"])
+        size = float(np.clip(12000 / max(adata.n_obs, 1), 1.0, 25.0))
+        if label_key in adata.obs:
+            label_handles = (
+                _scatter_categories(ax_label, xy, adata.obs[label_key], label_cats, size)
+                or label_handles
+            )
+            ax_label.set_title(f"{name}: cell-type label ({adata.obs[label_key].nunique()})")
+        else:
+            _empty(ax_label, f"no obs[{label_key!r}]")
+            ax_label.set_title(f"{name}: no labels")
+        if cluster_key in adata.obs:
+            clusters = adata.obs[cluster_key]
+            cats = _sorted_categories(clusters.unique())
+            _scatter_categories(ax_cluster, xy, clusters, cats, size)
+            clusters_str = clusters.astype(str).to_numpy()
+            for cat in cats:
+                centre = np.median(xy[clusters_str == cat], axis=0)
+                ax_cluster.text(
+                    *centre,
+                    cat,
+                    fontsize=10,
+                    weight="bold",
+                    ha="center",
+                    va="center",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0},
+                )
+            title = f"{name}: Leiden clusters ({len(cats)}, ids on the plot)"
+            if label_key in adata.obs and adata.obs[label_key].notna().all():
+                title += f"\nARI vs labels = {ari(adata.obs[label_key], clusters):.3f}"
+            ax_cluster.set_title(title)
+        else:
+            _empty(ax_cluster, f"no obs[{cluster_key!r}]")
+            ax_cluster.set_title(f"{name}: no clusters")
+        _umap_axes(ax_label)
+        _umap_axes(ax_cluster)
+    if not names:
+        _empty(axes[0, 0], "no variants")
+        _empty(axes[0, 1], "no variants")
+    if label_handles:
+        fig.legend(
+            handles=label_handles,
+            title=label_key,
+            loc="outside right upper",
+            frameon=False,
+            markerscale=1.5,
+            ncols=1 if len(label_handles) <= 20 else 2,
+        )
+    fig.suptitle("UMAP of each embedding: cell-type labels (left) and Leiden clusters (right)")
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# training curves
+# --------------------------------------------------------------------------------------
+
+
+def _late_ylim(ax: Axes, curves: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Zoom the y axis on the epochs after the first 10 % when early ones squash them.
+
+    Early epochs of an ELBO or KL curve are often orders of magnitude off the
+    converged values, which then look flat; the zoom keeps convergence readable and
+    the panel says that the first epochs run off the scale.
+    """
+    late, everything = [], []
+    for epoch, values in curves:
+        ok = np.isfinite(values)
+        if ok.sum() < 10:
+            continue
+        cut = np.quantile(epoch[ok], 0.1)
+        late.append(values[ok & (epoch >= cut)])
+        everything.append(values[ok])
+    if not late:
+        return
+    late_all, full = np.concatenate(late), np.concatenate(everything)
+    lo, hi = late_all.min(), late_all.max()
+    if hi > lo and full.max() - full.min() > 3 * (hi - lo):
+        pad = 0.08 * (hi - lo)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.text(
+            0.99,
+            0.02,
+            "zoomed on the last 90 % of epochs; the first ones run off the scale",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="0.4",
+        )
+
+
+def plot_training_curves(histories: Mapping[str, pd.DataFrame], path: str | os.PathLike) -> None:
+    """ELBO, KL and KL weight against epoch, one colour per run.
+
+    Three stacked panels sharing the epoch axis: training ELBO (solid) and
+    validation ELBO (dashed); KL term, training (solid) and validation (dashed);
+    KL weight (annealing schedule). Missing
+    columns are skipped. When the first epochs are far off the rest, the y axis is
+    zoomed on the last 90 % of epochs (noted on the panel).
+
+    Parameters
+    ----------
+    histories
+        ``{run name: history}``, each with columns ``epoch``, ``train_elbo``,
+        ``val_elbo``, ``kl`` (or ``train_kl`` and ``val_kl``, as in the training
+        stage's ``history.tsv``) and ``kl_weight``.
+    path
+        PNG to write.
+    """
+    fig = Figure(figsize=(9.5, 9.0), layout="constrained")
+    ax_elbo, ax_kl, ax_w = fig.subplots(3, 1, sharex=True, height_ratios=[3, 2, 1.3])
+    colours = dict(zip(histories, _palette(len(histories)), strict=True))
+    elbo_curves, kl_curves = [], []
+    for name, hist in histories.items():
+        epoch = hist["epoch"].to_numpy(dtype=float) if "epoch" in hist else np.arange(len(hist))
+        c = colours[name]
+        for col, ls in (("train_elbo", "-"), ("val_elbo", "--")):
+            if col in hist:
+                ax_elbo.plot(epoch, hist[col], color=c, ls=ls, lw=1.4)
+                elbo_curves.append((epoch, hist[col].to_numpy(dtype=float)))
+        for col, ls in (("kl", "-"), ("train_kl", "-"), ("val_kl", "--")):
+            if col in hist:
+                ax_kl.plot(epoch, hist[col], color=c, ls=ls, lw=1.4)
+                kl_curves.append((epoch, hist[col].to_numpy(dtype=float)))
+        if "kl_weight" in hist:
+            ax_w.plot(epoch, hist["kl_weight"], color=c, lw=1.4)
+    _late_ylim(ax_elbo, elbo_curves)
+    _late_ylim(ax_kl, kl_curves)
+    ax_elbo.set_ylabel("ELBO (higher is better)")
+    ax_elbo.set_title("Training curves")
+    ax_kl.set_ylabel("KL(q(z|x) || p(z)) (nats)")
+    ax_w.set_ylabel("KL weight")
+    ax_w.set_xlabel("epoch")
+    for ax in (ax_elbo, ax_kl, ax_w):
+        ax.grid(alpha=0.3)
+    if not histories:
+        _empty(ax_elbo, "no training history")
+    run_handles = [Line2D([], [], color=colours[n], lw=2, label=n) for n in histories]
+    style_handles = [
+        Line2D([], [], color="0.3", ls="-", label="train"),
+        Line2D([], [], color="0.3", ls="--", label="validation"),
+    ]
+    first = ax_elbo.legend(
+        handles=run_handles,
+        title="run",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
+    ax_elbo.add_artist(first)
+    ax_elbo.legend(
+        handles=style_handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False
+    )
+    _save(fig, path)
