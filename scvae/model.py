@@ -71,7 +71,8 @@ class SCVAE:
         """Where the module's parameters live."""
         return next(self.module.parameters()).device
 
-    def _aligned_counts(self, adata: AnnData, layer: str | None) -> sp.csr_matrix:
+    def aligned_counts(self, adata: AnnData, layer: str | None = "counts") -> sp.csr_matrix:
+        """Counts of ``adata`` with the model's genes in the model's order."""
         X = counts_matrix(adata, layer)
         if list(adata.var_names) == self.var_names:
             return X
@@ -110,7 +111,7 @@ class SCVAE:
         numpy.ndarray or tuple
             ``(cells, n_latent)`` means, and the standard deviations when asked.
         """
-        X = self._aligned_counts(adata, layer)
+        X = self.aligned_counts(adata, layer)
         loader = CountBatches(X, np.arange(X.shape[0]), batch_size)
         was_training = self.module.training
         self.module.eval()

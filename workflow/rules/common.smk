@@ -1,18 +1,29 @@
+import copy
 import importlib.util
 import json
 import re
 import shlex
+import sys
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from scvae.workflow import preprocess_settings, resolve_variant
 
 
+# validate() fills in the schema's defaults everywhere a settings object appears, variants
+# included; a variant must keep only the keys the user set, since it overrides `defaults`.
+_variant_overrides = copy.deepcopy(config.get("variants"))
 validate(config, schema="../../config/config.schema.yaml")
+config["variants"] = {k: v or {} for k, v in _variant_overrides.items()}
 
-# The command every rule runs. In a conda env made by `--sdm conda` (which holds the
-# dependencies only) the package is imported from this repository through PYTHONPATH.
-SCVAE = f"PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}} python -m scvae.cli"
+# The command every rule runs: the Python that runs Snakemake (a venv with scvae
+# installed), or, with `--sdm conda`, the env's Python importing the package from this
+# repository through PYTHONPATH (the env holds the dependencies only).
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    SCVAE = f"PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}} python -m scvae.cli"
+else:
+    SCVAE = f"{shlex.quote(sys.executable)} -m scvae.cli"
 
 VARIANTS = list(config["variants"])
 for _v in config["run_variants"]:

@@ -1,0 +1,150 @@
+"""The workflow's config, its schema, the conda env and the CLI's error handling."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from scvae.cli import main
+from scvae.settings import MODEL_KEYS, TRAIN_KEYS
+from scvae.workflow import preprocess_settings, resolve_variant
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path: str) -> dict:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    return _load("config/config.schema.yaml")
+
+
+@pytest.fixture
+def config() -> dict:
+    return _load("config/config.yaml")
+
+
+def _validate(config: dict, schema: dict) -> None:
+    jsonschema.Draft202012Validator(schema).validate(config)
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", ".test/config/config.yaml"])
+def test_shipped_configs_are_valid(path, schema):
+    _validate(_load(path), schema)
+
+
+def test_every_schema_key_has_a_description_and_the_settings_match_the_code(schema):
+    settings = schema["$defs"]["settings"]["properties"]
+    assert set(settings) == set(MODEL_KEYS | TRAIN_KEYS)
+    for name, prop in settings.items():
+        assert "description" in prop and "default" in prop, name
+    for name, prop in schema["properties"].items():
+        assert "description" in prop or "$ref" in prop, name
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c.update(preproces={}), "preproces"),
+        (lambda c: c["defaults"].update(n_latnet=5), "n_latnet"),
+        (lambda c: c["variants"]["vanilla"].update(beta=-1.0), "-1.0"),
+        (lambda c: c["variants"]["vanilla"].update(free_bits=-0.1), "-0.1"),
+        (lambda c: c["variants"]["vanilla"].update(likelihood="gaussian"), "gaussian"),
+        (lambda c: c["defaults"].update(n_latent="ten"), "ten"),
+        (lambda c: c["variants"].update(pca10={}), "pca10"),
+    ],
+)
+def test_schema_rejects_typos_and_bad_values(config, schema, mutate, message):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(message)):
+        _validate(bad, schema)
+
+
+def test_resolve_variant_layers_defaults_variant_and_seed(config):
+    s = resolve_variant(config, "beta4", 7)
+    assert s["beta"] == 4.0 and s["seed"] == 7
+    assert s["n_latent"] == config["defaults"]["n_latent"]
+    with pytest.raises(KeyError, match="nope"):
+        resolve_variant(config, "nope", 0)
+
+
+def test_preprocess_settings_turn_off_values_into_none(config):
+    s = preprocess_settings(config)
+    assert s["max_counts"] is None and s["max_mito_fraction"] is None
+    assert s["min_genes"] == config["preprocess"]["min_genes"]
+
+
+def test_default_config_defines_the_documented_variants(config):
+    for name in [
+        "vanilla",
+        "annealed",
+        "free_bits",
+        "annealed_free_bits",
+        "beta4",
+        "skip",
+        "gated_skip",
+        "recommended",
+    ]:
+        assert name in config["variants"]
+    assert set(config["run_variants"]) <= set(config["variants"])
+
+
+def _requirement_pins(lines: list[str]) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        m = re.match(r"^([A-Za-z0-9_.-]+)\s*([=<>!~].*)$", line.strip())
+        if m:
+            pins[m.group(1).lower()] = m.group(2).replace(" ", "")
+    return pins
+
+
+def test_conda_env_pins_match_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = _load("envs/scvae.yaml")
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert _requirement_pins(project) == _requirement_pins(pip)
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_cli_prints_input_errors_as_one_line_naming_the_file(tmp_path, capsys):
+    missing = tmp_path / "nope.h5ad"
+    status = main(
+        [
+            "preprocess",
+            "--input",
+            str(missing),
+            "--output",
+            str(tmp_path / "out.h5ad"),
+            "--qc-plot",
+            str(tmp_path / "qc.png"),
+        ]
+    )
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"scvae preprocess: error: {missing}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_cli_rejects_malformed_settings_json():
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "scvae.cli", "train", "--input", "x", "--model", "m",
+            "--history", "h", "--latent", "l", "--settings", "{not json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "not valid JSON" in proc.stderr
