@@ -34,13 +34,17 @@ class NegativeBinomial(dist.NegativeBinomial):
         """Log-density of counts ``value``."""
         log_mu, log_theta, theta = self.log_mu, self.log_theta, self._theta
         log_theta_mu = torch.logaddexp(log_theta, log_mu)
-        return (
-            theta * (log_theta - log_theta_mu)
-            + value * (log_mu - log_theta_mu)
-            + torch.lgamma(value + theta)
-            - torch.lgamma(theta)
-            - torch.lgamma(value + 1)
-        )
+        dense = theta * (log_theta - log_theta_mu) + value * (log_mu - log_theta_mu)
+        # The log-gamma terms vanish where the count is 0, which is most entries of a
+        # single-cell matrix: evaluate them (and their digamma gradients) on the non-zero
+        # counts only.
+        shape = torch.broadcast_shapes(value.shape, log_mu.shape)
+        value = value.expand(shape)
+        nz = value.nonzero(as_tuple=True)
+        counts = value[nz]
+        theta_nz = theta.expand(shape)[nz]
+        gamma_terms = torch.lgamma(counts + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(counts + 1)
+        return dense.index_put(nz, gamma_terms, accumulate=True)
 
     def expand(self, batch_shape, _instance=None):
         """Expand to ``batch_shape`` (keeps the mean/dispersion parametrization)."""

@@ -16,6 +16,7 @@ from scvae.nn import MLP, GaussianHead
 DISPERSIONS = ("gene", "gene-cell")
 LIBRARIES = ("observed", "latent")
 SKIPS = ("none", "ungated", "gated")
+ENCODER_INPUTS = ("log1p", "normalized")
 # poutine.scale requires a positive scale; a KL weight of 0 (start of a warm-up) is
 # applied as this, which is 0 for every practical purpose.
 _MIN_KL_WEIGHT = 1e-12
@@ -54,6 +55,11 @@ class VAEConfig:
         ``"none"``; ``"ungated"``: the decoder's last hidden layer also receives a summary
         of x (bypasses z); ``"gated"``: that summary is multiplied by a sigmoid gate
         computed from z alone.
+    encoder_input
+        What the encoder sees: ``"log1p"`` of the raw counts (as scVI), or
+        ``"normalized"``: ``log1p`` of counts scaled to 10,000 per cell, so that the
+        encoder does not spend capacity on library size (the decoder still models raw
+        counts with the observed library).
     bn_gamma
         BN-VAE (Zhu et al. 2020): batch-normalize the posterior means with this fixed
         scale, which bounds the expected KL per dimension below by ``bn_gamma**2 / 2``.
@@ -74,6 +80,7 @@ class VAEConfig:
     library: str = "observed"
     skip: str = "none"
     bn_gamma: float = 0.0
+    encoder_input: str = "log1p"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -81,6 +88,7 @@ class VAEConfig:
             ("dispersion", self.dispersion, DISPERSIONS),
             ("library", self.library, LIBRARIES),
             ("skip", self.skip, SKIPS),
+            ("encoder_input", self.encoder_input, ENCODER_INPUTS),
         ):
             if value not in allowed:
                 raise ValueError(f"model setting {name}={value!r} is not one of {allowed}")
@@ -166,7 +174,7 @@ class VAE(nn.Module):
             ``qz``: Normal with batch shape (cells, n_latent); ``ql``: Normal with batch
             shape (cells, 1) or None.
         """
-        h = self.encoder(torch.log1p(x))
+        h = self.encoder(self.encoder_features(x))
         loc, scale = self.qz_head(h)
         if self.config.bn_gamma > 0:
             loc = self.config.bn_gamma * self.qz_bn(loc) + self.qz_bn_shift
@@ -174,6 +182,12 @@ class VAE(nn.Module):
         if self.config.library == "latent":
             ql = torch.distributions.Normal(*self.ql_head(h), validate_args=False)
         return {"qz": torch.distributions.Normal(loc, scale, validate_args=False), "ql": ql}
+
+    def encoder_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input transform of raw counts (see ``VAEConfig.encoder_input``)."""
+        if self.config.encoder_input == "normalized":
+            x = x * (1e4 / x.sum(-1, keepdim=True).clamp(min=1.0))
+        return torch.log1p(x)
 
     # ---------------------------------------------------------------- generative
     def library(self, x: torch.Tensor) -> torch.Tensor:
