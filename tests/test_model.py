@@ -66,6 +66,8 @@ def _counts(n=32, g=20, seed=0):
         {"skip": "gated"},
         {"bn_gamma": 0.5},
         {"decoder_layers": 3, "decoder_hidden": 64},
+        {"decoder_layers": 0},
+        {"encoder_input": "normalized"},
     ],
 )
 def test_model_and_guide_share_sites_and_give_finite_elbo(options):

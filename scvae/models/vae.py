@@ -35,8 +35,9 @@ class VAEConfig:
     n_hidden, n_layers
         Width and depth of the encoder.
     decoder_hidden, decoder_layers
-        Width and depth of the decoder (0 = use the encoder's); a deep, wide decoder is
-        the "over-powerful decoder" of the collapse literature.
+        Width (0 = ``n_hidden``) and depth of the decoder; 0 layers is a linear decoder
+        (a factor model, as LDVAE), a deep, wide decoder is the "over-powerful decoder"
+        of the collapse literature.
     dropout
         Dropout in the encoder.
     likelihood
@@ -71,7 +72,7 @@ class VAEConfig:
     n_hidden: int = 128
     n_layers: int = 1
     decoder_hidden: int = 0
-    decoder_layers: int = 0
+    decoder_layers: int = 1
     dropout: float = 0.1
     likelihood: str = "nb"
     dispersion: str = "gene"
@@ -143,8 +144,7 @@ class VAE(nn.Module):
 
         # Generative network.
         dec_hidden = c.decoder_hidden or c.n_hidden
-        dec_layers = c.decoder_layers or c.n_layers
-        self.decoder = MLP(c.n_latent, dec_hidden, dec_layers)
+        self.decoder = MLP(c.n_latent, dec_hidden, c.decoder_layers)
         self.px_rho = nn.Linear(self.decoder.n_out, c.n_input)
         if c.skip != "none":
             self.skip_net = nn.Sequential(nn.Linear(c.n_input, self.decoder.n_out), nn.ReLU())
