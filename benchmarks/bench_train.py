@@ -2,8 +2,9 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_train.py                       # recommended, PBMC 4k, seed 0
-    python benchmarks/bench_train.py --variant vanilla --data ../shared/data/mouse_bladder_top2000.h5
+    python benchmarks/bench_train.py        # recommended, PBMC 4k, seed 0
+    python benchmarks/bench_train.py --variant vanilla \\
+        --data ../shared/data/mouse_bladder_top2000.h5
     python benchmarks/bench_train.py --seeds 0 1 2 --threads 2
 
 The settings are the workflow's (``config/config.yaml``: ``defaults`` + the variant), the
@@ -80,7 +81,9 @@ def main() -> None:
             f"{diag['active_units']:<3d} {diag['mi']:<6.2f} {diag['verdict']:<9s} "
             f"{scores['ari']:<11.3f} {scores['nmi']:.3f}"
         )
-    print(f"KMeans ARI mean {np.mean(aris):.3f} (sd {np.std(aris, ddof=1) if len(aris) > 1 else 0:.3f})")
+    print(
+        f"KMeans ARI mean {np.mean(aris):.3f} (sd {np.std(aris, ddof=1) if len(aris) > 1 else 0:.3f})"
+    )
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
 
 

@@ -43,7 +43,9 @@ class NegativeBinomial(dist.NegativeBinomial):
         nz = value.nonzero(as_tuple=True)
         counts = value[nz]
         theta_nz = theta.expand(shape)[nz]
-        gamma_terms = torch.lgamma(counts + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(counts + 1)
+        gamma_terms = (
+            torch.lgamma(counts + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(counts + 1)
+        )
         return dense.index_put(nz, gamma_terms, accumulate=True)
 
     def expand(self, batch_shape, _instance=None):

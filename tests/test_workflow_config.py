@@ -62,6 +62,12 @@ def test_every_schema_key_has_a_description_and_the_settings_match_the_code(sche
         (lambda c: c["variants"]["vanilla"].update(likelihood="gaussian"), "gaussian"),
         (lambda c: c["defaults"].update(n_latent="ten"), "ten"),
         (lambda c: c["variants"].update(pca10={}), "pca10"),
+        (lambda c: c["variants"]["vanilla"].update(n_latnet=5), "n_latnet"),
+        (lambda c: c["variants"]["vanilla"].update(kl_schedule="cosine"), "cosine"),
+        (lambda c: c["variants"]["vanilla"].update(beta="high"), "high"),
+        (lambda c: c["variants"]["vanilla"].update(batch_size=1), "'batch_size': 1"),
+        (lambda c: c["defaults"].update(batch_size=1), "1 is less than the minimum of 2"),
+        (lambda c: c["datasets"]["pbmc4k"].update(fromat="csv"), "fromat"),
     ],
 )
 def test_schema_rejects_typos_and_bad_values(config, schema, mutate, message):
@@ -140,8 +146,20 @@ def test_cli_prints_input_errors_as_one_line_naming_the_file(tmp_path, capsys):
 def test_cli_rejects_malformed_settings_json():
     proc = subprocess.run(
         [
-            sys.executable, "-m", "scvae.cli", "train", "--input", "x", "--model", "m",
-            "--history", "h", "--latent", "l", "--settings", "{not json",
+            sys.executable,
+            "-m",
+            "scvae.cli",
+            "train",
+            "--input",
+            "x",
+            "--model",
+            "m",
+            "--history",
+            "h",
+            "--latent",
+            "l",
+            "--settings",
+            "{not json",
         ],
         capture_output=True,
         text=True,
