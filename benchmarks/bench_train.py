@@ -81,9 +81,8 @@ def main() -> None:
             f"{diag['active_units']:<3d} {diag['mi']:<6.2f} {diag['verdict']:<9s} "
             f"{scores['ari']:<11.3f} {scores['nmi']:.3f}"
         )
-    print(
-        f"KMeans ARI mean {np.mean(aris):.3f} (sd {np.std(aris, ddof=1) if len(aris) > 1 else 0:.3f})"
-    )
+    sd = np.std(aris, ddof=1) if len(aris) > 1 else 0.0
+    print(f"KMeans ARI mean {np.mean(aris):.3f} (sd {sd:.3f})")
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
 
 
