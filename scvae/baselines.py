@@ -145,7 +145,8 @@ def pca_embedding(
     if not 1 <= n_components < min(adata.shape):
         raise InputError(
             f"n_components must be in [1, {min(adata.shape) - 1}] for {adata.shape}, "
-            f"got {n_components}"
+            f"got {n_components}; use fewer components (config 'baselines: pca') or more "
+            "cells and genes"
         )
     work = ad.AnnData(
         X=sp.csr_matrix(counts, dtype=np.float32, copy=True),
@@ -281,6 +282,8 @@ def run_baseline(
             if max_epochs is not None:
                 record["max_epochs"] = int(max_epochs)
             emb = scvi_embedding(adata, n_latent=n_components, max_epochs=max_epochs, seed=seed)
+    except InputError as err:
+        raise InputError(f"{input_h5ad}: {err}") from err
     except BaselineUnavailable as err:
         record["status"] = "unavailable"
         record["unavailable"] = str(err)

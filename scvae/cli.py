@@ -1,18 +1,25 @@
 """Command-line interface: one subcommand per workflow stage.
 
 Each subcommand is a thin wrapper over a ``run_*`` function of the package. Errors on bad
-input are printed as one line naming the file and the problem (no traceback) and exit
-with status 1, so that they reach the console of a Snakemake run as well as the log.
+input, bad settings, a failed training and outputs that cannot be written (full disk,
+no permission) are printed as one line naming the file or setting and the problem (no
+traceback) and exit with status 1, so that they reach the console of a Snakemake run as
+well as the log.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from scvae.errors import InputError, TrainingError
 
@@ -32,6 +39,7 @@ def _json_arg(text: str) -> dict:
 def _setup_logging(log_file: str | None, verbose: bool) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -191,19 +199,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``scvae`` command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log, args.verbose)
     try:
-        args.func(args)
-    except (InputError, TrainingError) as err:
-        log.error("%s", err)
-        print(f"scvae {args.command}: error: {err}", file=sys.stderr)
+        _setup_logging(args.log, args.verbose)
+    except OSError as err:
+        where = f": {err.filename}" if err.filename and str(err.filename) != args.log else ""
+        print(
+            f"scvae {args.command}: error: {args.log}: cannot open the log file "
+            f"({err.strerror or err}{where}); check that its folder exists or can be "
+            "created (no file in the way) and is writable.",
+            file=sys.stderr,
+        )
         return 1
-    except ValueError as err:
-        # Settings rejected by the model or training configuration.
+    if "SLURM_JOB_ID" in os.environ:  # which SLURM job ran this step (cluster runs)
+        log.info("SLURM_JOB_ID=%s", os.environ["SLURM_JOB_ID"])
+    try:
+        with _sigterm_as_exception():
+            args.func(args)
+    except (InputError, TrainingError, ValueError, OSError) as err:
+        # InputError/ValueError: bad input or settings; TrainingError: training diverged;
+        # OSError (OutputError included): an output could not be written or an input
+        # read. The message names the file or the setting.
         log.error("%s", err)
-        print(f"scvae {args.command}: error: {err}", file=sys.stderr)
+        print(f"scvae {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except _Terminated:
+        message = (
+            "stopped by SIGTERM (a scheduler's time limit or a cancelled job); no output "
+            "was left half-written. Rerun the same command: training resumes from its last "
+            "checkpoint."
+        )
+        log.error("%s", message)
+        print(f"scvae {args.command}: error: {message}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived; unwinds the stack so that temporary files are removed."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    # SLURM and Snakemake stop a job with SIGTERM (SIGKILL only later): unwinding lets
+    # every atomic write remove its temporary file and the log say what happened.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (library messages can span several)."""
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

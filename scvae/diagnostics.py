@@ -76,6 +76,7 @@ from torch.distributions import Normal, kl_divergence
 
 from scvae._atomic import atomic_path
 from scvae.data import CountBatches
+from scvae.ondisk import backed_min_bytes, row_sums, take_rows
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -992,8 +993,8 @@ def _block(
     au_var = posterior_mean_variance(loc)
     au_mask = au_var > au_threshold
     mi = mutual_information(loc, scale, n_eval=n_mi, generator=mi_seed)
-    library = np.asarray(X[rows].sum(1), np.float64).ravel()
-    x_rows = X[rows] if module.config.skip != "none" else None
+    library = np.asarray(row_sums(X, rows), np.float64)
+    x_rows = take_rows(X, rows) if module.config.skip != "none" else None
     jac = decoder_jacobian(
         module, loc, library, x_rows, n_cells=n_jacobian, kl=kl, generator=jac_seed
     )
@@ -1116,7 +1117,7 @@ def diagnose(
         iwae_rows = np.sort(iwae_rows[torch.randperm(len(iwae_rows), generator=g)[:n_iwae]])
     iwae = iwae_log_likelihood(
         module,
-        X[iwae_rows],
+        take_rows(X, iwae_rows),
         k=k_iwae,
         batch_size=min(batch_size, 128),
         generator=_stream_seed(seed, _STREAM_IWAE),
@@ -1280,7 +1281,12 @@ def run_diagnose(
         raise InputError(f"unknown figure name(s) {unknown}; expected some of {FIGURE_NAMES}")
     model = SCVAE.load(model_pt)
     try:
-        adata = anndata.read_h5ad(latent_h5ad)
+        if Path(latent_h5ad).stat().st_size >= backed_min_bytes():
+            from scvae.io import read_h5ad
+
+            adata = read_h5ad(latent_h5ad, backed=True)  # the counts stay on disk
+        else:
+            adata = anndata.read_h5ad(latent_h5ad)
     except FileNotFoundError:
         raise InputError(f"{latent_h5ad}: h5ad file does not exist") from None
     except OSError as err:

@@ -10,3 +10,15 @@ class InputError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class OutputError(OSError):
+    """An output could not be written (full disk, no permission, a file in the way).
+
+    The message names the output file and what to do; ``errno`` is that of the
+    underlying :class:`OSError`. No partial file is left under the output's name.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

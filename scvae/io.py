@@ -69,7 +69,8 @@ def check_counts(X: Any, *, source: str, hint: str | None = None) -> None:
     n_cells, n_genes = X.shape
     if n_cells == 0 or n_genes == 0:
         raise InputError(
-            f"{source}: the count matrix is empty ({n_cells} cells x {n_genes} genes)."
+            f"{source}: the count matrix is empty ({n_cells} cells x {n_genes} genes); "
+            "check that the file holds the data you expect."
         )
     # ravel(order="K") does not copy a contiguous array, whatever its memory order.
     data = np.ravel(X.data if sparse.issparse(X) else np.asarray(X), order="K")
@@ -202,7 +203,10 @@ def _is_cellranger_v2(f: h5py.File) -> bool:
 
 def _require_exists(path: Path) -> None:
     if not path.exists():
-        raise InputError(f"{path}: input does not exist.")
+        raise InputError(
+            f"{path}: input does not exist; check the path (a relative path starts from "
+            "the working directory)."
+        )
 
 
 def _corrupt(path: Path, err: BaseException, what: str) -> InputError:
@@ -280,22 +284,37 @@ def _mtx_missing_message(path: Path, missing: list[str]) -> str:
     )
 
 
-def read_h5ad(path: str | os.PathLike) -> anndata.AnnData:
-    """Read a whole h5ad file, with a clear error when it is missing or corrupt.
+def read_h5ad(path: str | os.PathLike, *, backed: bool | None = False) -> anndata.AnnData:
+    """Read an h5ad file, with a clear error when it is missing or corrupt.
 
     Parameters
     ----------
     path
         The ``.h5ad`` file (for example an output of an earlier workflow stage).
+    backed
+        False: read everything into memory. True: leave the count matrices on disk --
+        ``X`` and every CSR layer stay in the file (anndata ``CSRDataset``s, which
+        :func:`scvae.model.counts_matrix` reads as :class:`scvae.ondisk.H5CSR`), the
+        rest (obs, var, obsm, obsp, uns, other layers) is read; memory then does not
+        grow with the counts (anndata's own ``backed="r"`` reads every layer). None:
+        backed when the file is at least :func:`scvae.ondisk.backed_min_bytes` (2 GiB,
+        or ``SCVAE_BACKED_MIN_GB``). :func:`write_h5ad` writes a backed AnnData by
+        copying the file and replacing what is in memory.
 
     Returns
     -------
     anndata.AnnData
         Everything the file holds (layers, obsm, uns).
     """
+    from scvae.ondisk import backed_min_bytes
+
     path = Path(path)
     _require_exists(path)
+    if backed is None:
+        backed = path.stat().st_size >= backed_min_bytes()
     try:
+        if backed:
+            return _read_h5ad_backed(path)
         return anndata.read_h5ad(path)
     except OSError as err:
         raise _corrupt(path, err, "h5ad") from err
@@ -304,6 +323,25 @@ def read_h5ad(path: str | os.PathLike) -> anndata.AnnData:
             f"{path}: could not be read as h5ad ({type(err).__name__}: {err}); the file "
             "looks truncated or corrupt, or was written by an incompatible tool."
         ) from err
+
+
+def _read_h5ad_backed(path: Path) -> anndata.AnnData:
+    from anndata.io import read_elem, sparse_dataset
+
+    with h5py.File(path, "r") as f:
+        elems = {
+            k: read_elem(f[k])
+            for k in ("obs", "var", "obsm", "varm", "obsp", "varp", "uns")
+            if k in f
+        }
+        layer_keys = list(f["layers"]) if "layers" in f else []
+    adata = anndata.AnnData(filename=path, filemode="r", **elems)
+    for key in layer_keys:
+        group = adata.file[f"layers/{key}"]
+        csr = isinstance(group, h5py.Group) and group.attrs.get("encoding-type") == "csr_matrix"
+        adata.layers[key] = sparse_dataset(group) if csr else read_elem(group)
+    logger.info("Opened %s backed: %d cells x %d genes stay on disk", path, *adata.shape)
+    return adata
 
 
 def _read_h5ad(path: Path, *, layer: str | None, transpose: bool) -> _Read:
@@ -359,23 +397,53 @@ def _names_from_column(df: pd.DataFrame, candidates: tuple[str, ...]) -> None:
 
 def _read_text(path: Path, *, layer: str | None, transpose: bool) -> _Read:
     sep = _text_delimiter(path)
-    try:
-        df = pd.read_csv(path, sep=sep, header=0, index_col=0)
-    except pd.errors.ParserError as err:
+    # Names are read as written: pandas would turn a cell named "NA" into NaN and "001"
+    # into 1.0, and rename a duplicate gene "g1" to "g1.1" without a word.
+    header = _read_table(path, sep, "the file is empty", nrows=1, dtype=str)
+    header_names = [str(v) for v in header.iloc[0].tolist()]
+    body = _read_table(
+        path, sep, "the file has a header row but no data rows", skiprows=1, dtype={0: str}
+    )
+    n_fields = body.shape[1]
+    if len(header_names) == n_fields:
+        genes = header_names[1:]  # the first field names the row-name column
+    elif len(header_names) == n_fields - 1:
+        genes = header_names  # as R's write.table writes it: no field above the names
+    else:
         raise InputError(
-            f"{path}: malformed delimited text: a row has more fields than the header "
-            f"({err}). Every row needs a name and one value per column."
-        ) from err
-    except pd.errors.EmptyDataError as err:
-        raise InputError(f"{path}: the file is empty.") from err
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as err:
-        raise _corrupt(path, err, "delimited text") from err
+            f"{path}: malformed delimited text: the header has {len(header_names)} fields "
+            f"but the rows have {n_fields}. The header needs a name per column (plus, "
+            "optionally, one above the row names)."
+        )
+    names = body.iloc[:, 0]
+    df = body.iloc[:, 1:]
+    df.index = pd.Index(["" if pd.isna(v) else str(v) for v in names])
+    df.columns = pd.Index(genes)
     _check_table(df, path)
     X = sparse.csr_matrix(df.to_numpy())
-    obs, var = pd.DataFrame(index=df.index.astype(str)), pd.DataFrame(index=df.columns.astype(str))
+    obs, var = pd.DataFrame(index=df.index), pd.DataFrame(index=df.columns)
     if transpose:
         X, obs, var = X.T.tocsr(), var, obs
     return anndata.AnnData(X=X, obs=obs, var=var), None
+
+
+def _read_table(path: Path, sep: str, if_empty: str, **kwargs: Any) -> pd.DataFrame:
+    try:
+        # Only empty fields are missing; "NA" or "nan" in a count column is then
+        # reported as a non-numeric value.
+        return pd.read_csv(
+            path, sep=sep, header=None, keep_default_na=False, na_values=[""], **kwargs
+        )
+    except pd.errors.ParserError as err:
+        raise InputError(
+            f"{path}: malformed delimited text: a row has more fields than the header "
+            f"or the rows above it ({' '.join(str(err).split())}). Every row needs a name and "
+            "one value per column."
+        ) from err
+    except pd.errors.EmptyDataError as err:
+        raise InputError(f"{path}: {if_empty}.") from err
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as err:
+        raise _corrupt(path, err, "delimited text") from err
 
 
 def _text_delimiter(path: Path) -> str:
@@ -400,23 +468,25 @@ def _text_delimiter(path: Path) -> str:
 
 
 def _check_table(df: pd.DataFrame, path: Path) -> None:
-    for column in df.columns:
-        values = df[column]
+    # By position: column names may repeat (they are made unique later, with a warning).
+    for j in range(df.shape[1]):
+        values = df.iloc[:, j]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             continue
         bad = (pd.to_numeric(values, errors="coerce").isna() & values.notna()).to_numpy()
         i = int(bad.argmax())
         raise InputError(
-            f"{path}: non-numeric value {values.iloc[i]!r} in row {values.index[i]!r}, "
-            f"column {column!r}; the table must hold counts, with names in the header row "
-            "and the first column only."
+            f"{path}: non-numeric value {values.iloc[i]!r} in row {df.index[i]!r}, "
+            f"column {df.columns[j]!r}; the table must hold counts, with names in the header "
+            "row and the first column only."
         )
     missing = df.isna().to_numpy()
     if missing.any():
         i, j = np.argwhere(missing)[0]
         raise InputError(
             f"{path}: missing value in row {df.index[i]!r}, column {df.columns[j]!r}: a "
-            "row with fewer fields than the header (ragged file) or an empty cell."
+            "row with fewer fields than the header (ragged file) or an empty cell. Every "
+            "row needs a name and one value per column."
         )
 
 
@@ -461,9 +531,16 @@ def _dense_h5_to_csr(dataset: h5py.Dataset) -> sparse.csr_matrix:
 def _xy_labels(y: np.ndarray, n_cells: int, path: Path) -> pd.Categorical:
     y = y.reshape(-1)
     if y.size != n_cells:
-        raise InputError(f"{path}: dataset 'Y' has {y.size} labels for {n_cells} cells.")
+        raise InputError(
+            f"{path}: dataset 'Y' has {y.size} labels for {n_cells} cells; it needs one "
+            "label per cell (per row of X, or per column with transpose). Check that X and "
+            "Y belong together, or delete Y to read the file without labels."
+        )
     if y.dtype.kind not in "iuf" or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-        raise InputError(f"{path}: dataset 'Y' must hold integer cell-type labels.")
+        raise InputError(
+            f"{path}: dataset 'Y' must hold integer cell-type labels (got dtype "
+            f"{y.dtype}); store the labels as integer codes, or delete Y."
+        )
     codes = y.astype(np.int64)
     categories = [str(c) for c in np.unique(codes)]
     return pd.Categorical(codes.astype(str), categories=categories)
@@ -614,5 +691,46 @@ def write_h5ad(adata: anndata.AnnData, path: str | os.PathLike) -> None:
         Destination ``.h5ad`` file; its folder is created if needed.
     """
     with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
+        if adata.isbacked:
+            _write_backed(adata, tmp)
+        else:
+            adata.write_h5ad(tmp)
     logger.info("Wrote %d cells x %d genes to %s", *adata.shape, path)
+
+
+def _plain_dicts(value: Any) -> Any:
+    """Mappings (OrderedDict, anndata's AxisArrays) as plain dicts, as anndata writes them."""
+    if isinstance(value, dict) or hasattr(value, "keys") and hasattr(value, "__getitem__"):
+        return {k: _plain_dicts(value[k]) for k in value.keys()}
+    return value
+
+
+def _write_backed(adata: anndata.AnnData, tmp: Path) -> None:
+    """Write a backed AnnData (:func:`read_h5ad` ``backed=True``) without loading its counts.
+
+    The source file is copied (X and the on-disk layers go along byte for byte), then
+    obs, var, obsm, varm, obsp, varp and uns are replaced with what is in memory and
+    layers that are not in the file are added.
+    """
+    import shutil
+
+    from anndata.abc import CSRDataset
+    from anndata.io import write_elem
+
+    source = Path(adata.filename)
+    shutil.copyfile(source, tmp)
+    with h5py.File(tmp, "r+") as f:
+        for key in ("obs", "var", "obsm", "varm", "obsp", "varp", "uns"):
+            if key in f:
+                del f[key]
+            value = getattr(adata, key)
+            write_elem(f, key, value if key in ("obs", "var") else _plain_dicts(value))
+        layers = f.require_group("layers")
+        for key in list(layers):
+            kept = adata.layers.get(key)
+            same = isinstance(kept, CSRDataset) and Path(kept.group.file.filename) == source
+            if not same:
+                del layers[key]
+        for key, value in adata.layers.items():
+            if key not in layers:
+                write_elem(layers, key, value)

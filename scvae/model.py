@@ -11,19 +11,31 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from anndata.abc import CSCDataset, CSRDataset
 
 from scvae._atomic import atomic_path
 from scvae.data import CountBatches
 from scvae.errors import InputError
 from scvae.models import VAE, VAEConfig
+from scvae.ondisk import H5CSR, is_ondisk, take_columns
 from scvae.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def counts_matrix(adata: AnnData, layer: str | None = "counts") -> sp.csr_matrix:
-    """The raw counts of ``adata`` as CSR: ``layers[layer]`` when present, else ``X``."""
+    """The raw counts of ``adata`` as CSR: ``layers[layer]`` when present, else ``X``.
+
+    Counts on disk (a backed AnnData's CSR ``X`` or layer, see
+    :func:`scvae.io.read_h5ad`) stay there, as a :class:`scvae.ondisk.H5CSR`.
+    """
     X = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
+    if is_ondisk(X):
+        return X
+    if isinstance(X, CSRDataset):
+        return H5CSR(X.group)
+    if isinstance(X, CSCDataset):  # a backed CSC matrix cannot be read by rows
+        X = X.to_memory()
     if not sp.issparse(X):
         X = sp.csr_matrix(X)
     return X.tocsr()
@@ -82,7 +94,7 @@ class SCVAE:
                 f"{len(missing)} of the model's {len(self.var_names)} genes are missing from the "
                 f"AnnData (first: {missing[:5]}); pass data with the genes the model was trained on"
             )
-        return X[:, adata.var_names.get_indexer(self.var_names)]
+        return take_columns(X, adata.var_names.get_indexer(self.var_names))
 
     @torch.no_grad()
     def get_latent(
@@ -137,8 +149,10 @@ class SCVAE:
             "summary": self.summary,
             "split": self.split.tolist(),
         }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            # Through a Python file object: a full disk is then an OSError (named by
+            # atomic_path), where torch.save(path) raises an opaque RuntimeError.
+            torch.save(payload, handle)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> SCVAE:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
+from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
@@ -64,7 +66,23 @@ class FreeBitsELBO(ELBO):
         The floor lambda in nats per latent dimension.
     latent_site
         The name of the site that annealing and free bits apply to.
+
+    Notes
+    -----
+    For the model and guide of :class:`scvae.models.VAE` (the bound methods
+    ``module.model`` and ``module.guide``, with no Pyro handler active) :meth:`terms`
+    evaluates the terms in one pass through ``module.inference`` and
+    ``module.generative`` instead of tracing the two programs with Pyro: the same
+    operations on the same draws in the same order, so the terms, the gradients and a
+    whole training run are bit-identical (``tests/test_objective.py``), and a training
+    step at batch size 128 is ~10-30% faster on CPU. Any other model or guide, or any
+    active handler (``poutine.condition``, ``poutine.trace``, ...), goes through Pyro's
+    trace. Set the class attribute ``direct = False`` to always trace (the reference
+    implementation; the benchmarks measure Pyro's overhead with it).
     """
+
+    direct: bool = True
+    """Evaluate :class:`scvae.models.VAE` programs in one pass (see Notes)."""
 
     def __init__(self, free_bits: float = 0.0, latent_site: str = "z") -> None:
         super().__init__(num_particles=1)
@@ -82,6 +100,9 @@ class FreeBitsELBO(ELBO):
 
     def terms(self, model, guide, *args, **kwargs) -> ElboTerms:
         """Run guide and model once and return the per-cell terms."""
+        module = self._direct_module(model, guide)
+        if module is not None:
+            return _vae_terms(module, *args, **kwargs)
         model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
         recon = 0.0
         kl_other = 0.0
@@ -105,6 +126,25 @@ class FreeBitsELBO(ELBO):
         kl_other = torch.as_tensor(kl_other, dtype=kl_per_dim.dtype).expand(kl_per_dim.shape[:-1])
         return ElboTerms(recon, kl_per_dim, kl_other, kl_weight)
 
+    def _direct_module(self, model, guide):
+        """The VAE whose unmodified model and guide these are, when no handler is active."""
+        from scvae.models import VAE
+
+        module = getattr(model, "__self__", None)
+        if (
+            not self.direct
+            or self.latent_site != "z"
+            or _PYRO_STACK
+            or not isinstance(module, VAE)
+            or getattr(guide, "__self__", None) is not module
+            or getattr(model, "__func__", None) is not VAE.model
+            or getattr(guide, "__func__", None) is not VAE.guide
+            or type(module).model is not VAE.model
+            or type(module).guide is not VAE.guide
+        ):
+            return None
+        return module
+
     def loss_from_terms(self, t: ElboTerms) -> torch.Tensor:
         """The scalar objective (to minimize) from already computed terms."""
         kl_dims = t.kl_per_dim.mean(0)
@@ -126,3 +166,37 @@ class FreeBitsELBO(ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.item()
+
+
+def _vae_terms(module, x: torch.Tensor, kl_weight: float = 1.0) -> ElboTerms:
+    """:meth:`FreeBitsELBO.terms` of ``module.model`` / ``module.guide``, without tracing.
+
+    Mirrors the two programs statement by statement: the guide's draws (``z``, then the
+    log library) in the same order from the same distributions, the same prior objects,
+    and the same KL and log-density calls, so every number is bit-identical to the
+    traced evaluation.
+    """
+    from scvae.models.vae import _MIN_KL_WEIGHT
+
+    n = x.shape[0]
+    q = module.inference(x)
+    qz = dist.Normal(q["qz"].loc, q["qz"].scale)
+    z = qz.rsample()
+    kl_per_dim = kl_divergence(
+        qz, dist.Normal(0.0, x.new_ones(())).expand([n, module.n_latent])
+    )
+    kl_other = 0.0
+    if module.config.library == "latent":
+        ql = dist.Normal(q["ql"].loc, q["ql"].scale)
+        log_l = ql.rsample()
+        prior_l = dist.Normal(module.library_log_mean, module.library_log_scale).expand([n, 1])
+        kl_other = kl_other + kl_divergence(ql, prior_l).sum(-1)
+        library = log_l.exp()
+    else:
+        library = module.library(x)
+    px = module.generative(z, library, x)["px"]
+    recon = 0.0 + 1.0 * n / n * px.to_event(1).log_prob(x)
+    kl_other = torch.as_tensor(kl_other, dtype=kl_per_dim.dtype).expand(kl_per_dim.shape[:-1])
+    # The scale Pyro puts on the z site: poutine.scale's, then the plate's size / size.
+    scale = max(kl_weight, _MIN_KL_WEIGHT) * 1.0 * n / n
+    return ElboTerms(recon, kl_per_dim, kl_other, float(scale))

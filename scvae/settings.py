@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
+import typing
 from dataclasses import asdict, dataclass, fields
 
 from scvae.models import VAEConfig
@@ -19,7 +21,8 @@ class TrainConfig:
     max_epochs
         Upper bound on passes over the training cells.
     batch_size
-        Cells per minibatch (capped at the number of training cells).
+        Cells per minibatch (capped at the number of training cells); at least 2, since
+        batch normalization needs 2 cells per batch.
     lr, weight_decay, eps
         Adam settings (``eps`` as in scvi-tools, larger than torch's default).
     clip_norm
@@ -72,21 +75,32 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "max_epochs": self.max_epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "clip_norm": self.clip_norm >= 0,
-            "beta": self.beta >= 0,
-            "free_bits": self.free_bits >= 0,
-            "val_fraction": 0 <= self.val_fraction < 1,
-            "warmup_fraction": 0 <= self.warmup_fraction <= 1,
-            "patience": self.patience >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
+            "max_epochs": (self.max_epochs >= 1, "must be >= 1"),
+            "batch_size": (
+                self.batch_size >= 2,
+                "must be >= 2 (batch normalization needs 2 cells per batch)",
+            ),
+            "lr": (self.lr > 0, "must be > 0"),
+            "weight_decay": (self.weight_decay >= 0, "must be >= 0"),
+            "eps": (self.eps > 0, "must be > 0"),
+            "clip_norm": (self.clip_norm >= 0, "must be >= 0 (0 turns clipping off)"),
+            "beta": (self.beta >= 0, "must be >= 0"),
+            "free_bits": (self.free_bits >= 0, "must be >= 0 nats (0 turns free bits off)"),
+            "val_fraction": (0 <= self.val_fraction < 1, "must be in [0, 1)"),
+            "warmup_fraction": (0 <= self.warmup_fraction <= 1, "must be in [0, 1]"),
+            "n_cycles": (self.n_cycles >= 1, "must be >= 1"),
+            "cycle_ratio": (0 < self.cycle_ratio <= 1, "must be in (0, 1]"),
+            "patience": (self.patience >= 1, "must be >= 1"),
+            "min_delta": (self.min_delta >= 0, "must be >= 0"),
+            "seed": (self.seed >= 0, "must be >= 0"),
+            "checkpoint_every": (self.checkpoint_every >= 1, "must be >= 1"),
+            "threads": (self.threads >= 0, "must be >= 0 (0 leaves torch's choice)"),
         }
-        for key, ok in checks.items():
+        for key, (ok, requirement) in checks.items():
             if not ok:
-                raise ValueError(f"training setting {key}={getattr(self, key)!r} is out of range")
+                raise ValueError(
+                    f"training setting {key}={getattr(self, key)!r} is out of range: {requirement}"
+                )
         if self.kl_schedule not in SCHEDULES:
             raise ValueError(
                 f"training setting kl_schedule={self.kl_schedule!r} is not one of {SCHEDULES}"
@@ -118,6 +132,12 @@ def split_settings(settings: dict, n_input: int) -> tuple[VAEConfig, TrainConfig
     -------
     tuple
         ``(VAEConfig, TrainConfig)``.
+
+    Raises
+    ------
+    ValueError
+        If a key is unknown, a value has the wrong type or is out of range; the message
+        names the key.
     """
     unknown = sorted(set(settings) - MODEL_KEYS - TRAIN_KEYS)
     if unknown:
@@ -125,9 +145,37 @@ def split_settings(settings: dict, n_input: int) -> tuple[VAEConfig, TrainConfig
             f"unknown setting(s) {unknown}; model settings are {sorted(MODEL_KEYS)}, "
             f"training settings are {sorted(TRAIN_KEYS)}"
         )
+    for key, value in settings.items():
+        _check_type(key, value)
     model = VAEConfig(n_input=n_input, **{k: v for k, v in settings.items() if k in MODEL_KEYS})
     train = TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_KEYS})
     return model, train
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    return typing.get_type_hints(cls)
+
+
+_TYPES = {**_field_types(VAEConfig), **_field_types(TrainConfig)}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_type(key: str, value: object) -> None:
+    """Reject a value of the wrong type with a message naming the key (as the schema does)."""
+    expected = _TYPES[key]
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ValueError(
+            f"setting {key}={value!r}: expected {_TYPE_NAMES.get(expected, expected.__name__)}, "
+            f"got {type(value).__name__}"
+        )
 
 
 def settings_hash(*parts: dict) -> str:

@@ -107,6 +107,10 @@ def _check_resolutions(resolutions: Sequence[float]) -> list[float]:
     return res
 
 
+MIN_UMAP_CELLS = 4
+"""Fewest cells :func:`cluster` embeds with UMAP (its spectral layout needs 4)."""
+
+
 def _check_n_neighbors(n_neighbors: int, n_obs: int) -> int:
     if n_obs < 3:
         raise InputError(f"need at least 3 cells to build a kNN graph, got {n_obs}")
@@ -177,6 +181,11 @@ def cluster(
     _embedding(adata, use_rep)
     res = _check_resolutions(resolutions)
     n_neighbors = _check_n_neighbors(n_neighbors, adata.n_obs)
+    if umap and adata.n_obs < MIN_UMAP_CELLS:
+        raise InputError(
+            f"UMAP needs at least {MIN_UMAP_CELLS} cells, got {adata.n_obs}; use more cells "
+            "(or umap=False)"
+        )
 
     sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, random_state=seed)
     keys = [key] if len(res) == 1 else [f"{key}_{resolution_tag(r)}" for r in res]
@@ -549,7 +558,8 @@ def run_cluster(
     """
     from scvae.io import read_h5ad, write_h5ad
 
-    adata = read_h5ad(input_h5ad)
+    # Large files: the counts stay on disk (only the embedding is clustered).
+    adata = read_h5ad(input_h5ad, backed=None)
     scvae = adata.uns.setdefault("scvae", {})
     baseline = dict(scvae.get("baseline", {}))
     diagnostics = read_json(diagnostics_json) if diagnostics_json else {}
@@ -575,14 +585,17 @@ def run_cluster(
             "%s: baseline unavailable (%s); not clustering", input_h5ad, record["reason"]
         )
     else:
-        cluster(
-            adata,
-            use_rep=use_rep,
-            n_neighbors=n_neighbors,
-            resolutions=resolutions,
-            key=key,
-            seed=seed,
-        )
+        try:
+            cluster(
+                adata,
+                use_rep=use_rep,
+                n_neighbors=n_neighbors,
+                resolutions=resolutions,
+                key=key,
+                seed=seed,
+            )
+        except InputError as err:
+            raise InputError(f"{input_h5ad}: {err}") from err
         record["metrics"] = score(adata, use_rep=use_rep, label_key=label_key, rng=seed)
         record["cluster"] = adata.uns["scvae"]["cluster"]["params"]
         record["score"] = adata.uns["scvae"]["cluster"]["score_params"]

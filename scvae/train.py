@@ -16,13 +16,13 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from scvae._atomic import atomic_path
-from scvae.data import CountBatches
-from scvae.errors import TrainingError
-from scvae.io import check_counts
+from scvae._atomic import atomic_path, remove_stale_temps
+from scvae.data import BLOCK_SIZE, CountBatches
+from scvae.errors import InputError, TrainingError
 from scvae.model import SCVAE, counts_matrix
 from scvae.models import VAE
 from scvae.objective import FreeBitsELBO
+from scvae.ondisk import check_counts_chunked, is_ondisk, row_sums
 from scvae.schedules import KLSchedule
 from scvae.settings import settings_hash, split_settings
 
@@ -32,6 +32,13 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # Settings that do not change what is computed, so a checkpoint written under other
 # values of them can still be resumed.
 _RESUMABLE_KEYS = ("checkpoint_every", "threads", "device")
+MIN_CELLS = 2
+"""Fewest cells :func:`train` accepts: batch normalization needs 2 cells per batch.
+
+The batch size adapts to small data (it is capped at the number of training cells, and
+a last batch of one cell joins the previous one), so any number of cells from this one
+up trains without changing settings.
+"""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,8 +97,8 @@ def _save_checkpoint(path: Path, module, optimizer, state: _State, run_hash: str
         "state": state.__dict__,
         "torch_rng": torch.get_rng_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)  # a file object: a full disk is an OSError
 
 
 def _load_checkpoint(path: Path, module, optimizer, run_hash: str, device) -> _State | None:
@@ -103,7 +110,11 @@ def _load_checkpoint(path: Path, module, optimizer, run_hash: str, device) -> _S
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, err)
         return None
     if payload.get("run_hash") != run_hash:
-        log.warning("checkpoint %s was written with other settings; training from scratch", path)
+        log.warning(
+            "checkpoint %s was written with other settings, data or model layers; training "
+            "from scratch",
+            path,
+        )
         return None
     module.load_state_dict(payload["module"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -111,6 +122,14 @@ def _load_checkpoint(path: Path, module, optimizer, run_hash: str, device) -> _S
     state = _State(**payload["state"])
     log.info("resuming from %s after epoch %d (step %d)", path, state.epoch, state.step)
     return state
+
+
+def _checkpoint_note(ckpt: Path | None) -> str:
+    if ckpt is None:
+        return ""
+    if ckpt.exists():
+        return f". The last good checkpoint is kept at {ckpt}"
+    return f". No checkpoint had been written yet to {ckpt.parent}"
 
 
 def _theta_median(module: VAE) -> float:
@@ -124,6 +143,7 @@ def train(
     layer: str | None = "counts",
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
+    source: str | None = None,
     **settings,
 ) -> SCVAE:
     """Fit a count VAE to the raw counts of ``adata``.
@@ -140,6 +160,8 @@ def train(
         job fails).
     progress
         Show a progress bar (None: only on a terminal).
+    source
+        What the data came from (a file name), for error messages; default: the layer.
     **settings
         Model settings (:class:`~scvae.models.VAEConfig`) and training settings
         (:class:`~scvae.settings.TrainConfig`) in one flat namespace.
@@ -148,9 +170,26 @@ def train(
     -------
     SCVAE
         The fitted model.
+
+    Raises
+    ------
+    InputError
+        If the counts are not raw counts or there are fewer than :data:`MIN_CELLS` cells.
+    ValueError
+        If a setting is unknown, of the wrong type or out of range (the message names it).
+    TrainingError
+        If the loss becomes NaN or infinite; the last good checkpoint is kept.
     """
     X = counts_matrix(adata, layer)
-    check_counts(X, source=f"AnnData layer {layer!r}" if layer in adata.layers else "AnnData X")
+    if source is None:
+        source = f"AnnData layer {layer!r}" if layer in adata.layers else "AnnData X"
+    check_counts_chunked(X, source=source)
+    if X.shape[0] < MIN_CELLS:
+        raise InputError(
+            f"{source}: {X.shape[0]} cell(s); training needs at least {MIN_CELLS} (batch "
+            "normalization needs 2 cells per batch). Use more cells, or loosen the "
+            "preprocessing filters if they removed almost every cell."
+        )
     model_cfg, cfg = split_settings(settings, X.shape[1])
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -158,17 +197,23 @@ def train(
     pyro.set_rng_seed(cfg.seed)
 
     train_idx, val_idx = split_cells(X.shape[0], cfg.val_fraction, cfg.seed)
-    log_lib = np.log(np.maximum(np.asarray(X[train_idx].sum(1)).ravel(), 1.0))
+    log_lib = np.log(np.maximum(row_sums(X, train_idx), 1.0))
     module = VAE(
         model_cfg,
         library_log_mean=float(log_lib.mean()),
         library_log_scale=float(max(log_lib.std(), 1e-3)),
     ).to(device)
-    train_loader = CountBatches(X, train_idx, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    # Counts on disk are shuffled by blocks of rows (see CountBatches): far fewer reads.
+    block_size = BLOCK_SIZE if is_ondisk(X) else None
+    train_loader = CountBatches(
+        X, train_idx, cfg.batch_size, shuffle=True, seed=cfg.seed, block_size=block_size
+    )
     val_loader = CountBatches(X, val_idx, max(cfg.batch_size, 1024)) if len(val_idx) else None
 
+    # foreach: the multi-tensor Adam, the same arithmetic per tensor (bit-identical on
+    # CPU, where torch does not pick it by default) with fewer Python-level operations.
     optimizer = torch.optim.Adam(
-        module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps
+        module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, foreach=True
     )
     elbo = FreeBitsELBO(free_bits=cfg.free_bits)
     schedule = KLSchedule(
@@ -180,8 +225,17 @@ def train(
         ratio=cfg.cycle_ratio,
     )
     hashed = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_KEYS}
-    run_hash = settings_hash(model_cfg.to_dict(), hashed, list(X.shape), int(X.nnz))
+    # The parameter shapes too: a newer scvae may build other layers from the same settings,
+    # and its checkpoint must then not be loaded.
+    shapes = {k: list(v.shape) for k, v in module.state_dict().items()}
+    parts = [model_cfg.to_dict(), hashed, list(X.shape), int(X.nnz), shapes]
+    if block_size is not None:
+        parts.append({"block_size": block_size})
+    run_hash = settings_hash(*parts)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt is not None:
+        # A kill while a checkpoint was being written leaves its temporary file behind.
+        remove_stale_temps(ckpt)
     state = (ckpt and _load_checkpoint(ckpt, module, optimizer, run_hash, device)) or _State()
 
     log.info(
@@ -213,9 +267,9 @@ def train(
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {state.step}: "
-                    "the learning rate may be too high for this data, or the input may not be "
-                    "raw counts; lower lr or check the input"
-                    + (f". The last good checkpoint is kept at {ckpt}" if ckpt else "")
+                    f"the learning rate (lr={cfg.lr:g}) may be too high for this data, or the "
+                    "input may not be raw counts; lower lr or check the input"
+                    + _checkpoint_note(ckpt)
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -330,8 +384,15 @@ def run_train(
     from scvae.provenance import versions
 
     settings = dict(settings or {})
-    adata = read_h5ad(input_h5ad)
-    model = train(adata, checkpoint_dir=checkpoint_dir, **settings)
+    for out in (model_out, history_out, latent_out):
+        # Left by a run of this job that was killed while writing.
+        remove_stale_temps(out)
+    # Large files stay on disk (scvae.ondisk.backed_min_bytes): memory bounded by batches.
+    adata = read_h5ad(input_h5ad, backed=None)
+    where = "layers['counts']" if "counts" in adata.layers else "X"
+    model = train(
+        adata, checkpoint_dir=checkpoint_dir, source=f"{input_h5ad} ({where})", **settings
+    )
     model.save(model_out)
     with atomic_path(history_out) as tmp:
         model.history.to_csv(tmp, sep="\t", index=False)

@@ -35,3 +35,18 @@ def small_counts() -> anndata.AnnData:
     adata = anndata.AnnData(X=sparse.csr_matrix(X), obs=obs, var=pd.DataFrame(index=genes))
     adata.layers["counts"] = adata.X.copy()
     return adata
+
+
+@pytest.fixture(scope="session")
+def pbmc300_h5ad(tmp_path_factory) -> Path:
+    """The `.test` data set (300 real PBMC cells) preprocessed with the default filters."""
+    from scvae.preprocess import run_preprocess
+
+    folder = tmp_path_factory.mktemp("pbmc300")
+    root = Path(__file__).resolve().parents[1]
+    run_preprocess(
+        root / ".test" / "data" / "pbmc300.h5",
+        folder / "preprocessed.h5ad",
+        folder / "qc.png",
+    )
+    return folder / "preprocessed.h5ad"

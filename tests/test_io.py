@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import tempfile
 from pathlib import Path
 
 import anndata
@@ -401,6 +402,7 @@ def test_check_counts_accepts_integer_counts(X, as_sparse):
     bad=st.one_of(
         st.floats(min_value=0.01, max_value=0.99).map(lambda v: ("frac", v)),
         st.integers(min_value=1, max_value=100).map(lambda v: ("neg", -v)),
+        st.sampled_from([np.nan, np.inf, -np.inf]).map(lambda v: ("nonfinite", v)),
     ),
     as_sparse=st.booleans(),
 )
@@ -411,6 +413,155 @@ def test_check_counts_rejects_one_bad_entry(X, data, bad, as_sparse):
     j = data.draw(st.integers(0, X.shape[1] - 1))
     X[i, j] = X[i, j] + value if kind == "frac" else value
     M = sparse.csr_matrix(X) if as_sparse else X
-    expected = "non-integer" if kind == "frac" else "negative"
+    expected = {"frac": "non-integer", "neg": "negative", "nonfinite": "NaN or infinite"}[kind]
     with pytest.raises(InputError, match=f"^source.h5ad: .*{expected}"):
         check_counts(M, source="source.h5ad")
+
+
+@pytest.mark.parametrize("n_labels", [59, 61])
+def test_xy_h5_labels_of_another_length(tmp_path, small_counts, n_labels):
+    path = write_xy_h5(tmp_path / "xy.h5", small_counts.X.toarray(), np.ones(n_labels))
+    with pytest.raises(InputError) as err:
+        read_counts(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: dataset 'Y' has {n_labels} labels for 60 cells")
+    assert "one label per cell" in msg and "delete Y" in msg
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [np.array([b"B", b"T", b"B"]), np.array([1.0, 2.5, 1.0])],
+    ids=["strings", "fractions"],
+)
+def test_xy_h5_labels_that_are_not_integer_codes(tmp_path, labels):
+    path = write_xy_h5(tmp_path / "xy.h5", np.ones((3, 4)), labels)
+    with pytest.raises(
+        InputError, match=f"^{path}: dataset 'Y' must hold integer cell-type labels"
+    ):
+        read_counts(path)
+
+
+@pytest.mark.parametrize("name", ["garbage.h5ad", "garbage.h5", "garbage.loom"])
+def test_corrupt_file_that_is_not_hdf5(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(InputError) as err:
+        read_counts(path)
+    assert str(path) in str(err.value) and "truncated or corrupt" in str(err.value)
+
+
+def test_10x_folder_with_truncated_matrix(tmp_path, small_counts):
+    folder = write_10x_mtx(tmp_path / "mtx", small_counts)
+    data = (folder / "matrix.mtx.gz").read_bytes()
+    (folder / "matrix.mtx.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as err:
+        read_counts(folder)
+    assert str(folder) in str(err.value) and "truncated or corrupt" in str(err.value)
+
+
+def test_text_names_are_read_as_written(tmp_path):
+    # pandas alone would read the cell "NA" as NaN, "001" as 1.0 and rename "g1" to "g1.1".
+    path = tmp_path / "names.csv"
+    path.write_text(",001,g1,g1\n001,1,2,3\nNA,4,5,6\n1e3,7,8,9\n")
+    with pytest.warns(UserWarning, match="1 duplicate gene name"):
+        adata = read_counts(path)
+    assert list(adata.obs_names) == ["001", "NA", "1e3"]
+    assert list(adata.var_names) == ["001", "g1", "g1-1"]
+
+
+def test_text_without_a_field_above_the_row_names(tmp_path):
+    # R's write.table(sep="\t") writes no field above the row names.
+    path = tmp_path / "r.tsv"
+    path.write_text("g1\tg2\nc1\t1\t2\nc2\t3\t4\n")
+    adata = read_counts(path)
+    assert list(adata.var_names) == ["g1", "g2"] and list(adata.obs_names) == ["c1", "c2"]
+    np.testing.assert_array_equal(dense(adata), [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "the file is empty"),
+        (",g1,g2\n", "a header row but no data rows"),
+        (",g1,g2,g3,g4\nc1,1,2\nc2,3,4\n", "the header has 5 fields but the rows have 3"),
+        (",g1,g2\nc1,1,NA\n", "non-numeric value 'NA' in row 'c1', column 'g2'"),
+    ],
+    ids=["empty", "header-only", "header-too-long", "NA-count"],
+)
+def test_more_bad_text(tmp_path, text, problem):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=f"^{path}: .*{problem}"):
+        read_counts(path)
+
+
+# ------------------------------------------------------------- reader properties
+
+# Names as cells and genes are named, avoiding none of the strings pandas reads as NaN.
+names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,6}", fullmatch=True)
+count_tables = st.integers(1, 6).flatmap(
+    lambda n_cells: st.integers(1, 6).flatmap(
+        lambda n_genes: st.tuples(
+            hnp.arrays(np.int64, (n_cells, n_genes), elements=st.integers(0, 50)),
+            st.lists(names, min_size=n_cells, max_size=n_cells, unique=True),
+            st.lists(names, min_size=n_genes, max_size=n_genes, unique=True),
+        )
+    )
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(table=count_tables, suffix=st.sampled_from([".csv", ".tsv", ".txt", ".csv.gz"]))
+def test_text_reader_round_trips_any_count_table(table, suffix):
+    X, cells, genes = table
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"m{suffix}"
+        pd.DataFrame(X, index=cells, columns=genes).to_csv(
+            path, sep="," if ".csv" in suffix else "\t"
+        )
+        adata = read_counts(path)
+    assert list(adata.obs_names) == cells and list(adata.var_names) == genes
+    np.testing.assert_array_equal(dense(adata), X)
+    assert_contract(adata, path, "csv")
+
+
+@settings(max_examples=40, deadline=None)
+@given(table=count_tables, data=st.data())
+def test_text_reader_names_the_bad_cell(table, data):
+    X, cells, genes = table
+    df = pd.DataFrame(X, index=cells, columns=genes).astype(object)
+    i = data.draw(st.integers(0, len(cells) - 1))
+    j = data.draw(st.integers(0, len(genes) - 1))
+    df.iloc[i, j] = data.draw(st.sampled_from(["x", "1,5", "n/a", "?"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.tsv"
+        df.to_csv(path, sep="\t")
+        with pytest.raises(InputError) as err:
+            read_counts(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: non-numeric value")
+    assert f"row {cells[i]!r}" in msg
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    X=hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8),
+        elements=st.integers(0, 1000).map(float),
+    ),
+    transpose=st.booleans(),
+    labelled=st.booleans(),
+)
+def test_xy_reader_round_trips_any_count_matrix(X, transpose, labelled):
+    n_cells = X.shape[1] if transpose else X.shape[0]
+    y = np.arange(n_cells) % 3 + 1 if labelled else None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_xy_h5(Path(tmp) / "xy.h5", X, y)
+        adata = read_counts(path, transpose=transpose)
+    np.testing.assert_array_equal(dense(adata), X.T if transpose else X)
+    assert_contract(adata, path, "xy_h5")
+    if labelled:
+        assert list(adata.obs["label"]) == [str(v) for v in y]
+    else:
+        assert "label" not in adata.obs

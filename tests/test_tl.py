@@ -278,3 +278,16 @@ def test_metrics_json_nan_is_null(tmp_path):
     tl.write_json({"metrics": {"a": float("nan"), "b": np.float32(0.5), "n": np.int64(3)}}, path)
     assert json.loads(path.read_text()) == {"metrics": {"a": None, "b": 0.5, "n": 3}}
     assert math.isnan(tl.read_metrics_json(path)["metrics"]["a"])
+
+
+def test_too_few_cells_for_umap_or_pca_name_the_file(tmp_path):
+    tiny = ad.AnnData(X=sp.csr_matrix(np.arange(1, 31, dtype=np.float32).reshape(3, 10)))
+    tiny.layers["counts"] = tiny.X.copy()
+    tiny.obsm["X_scvae"] = np.random.default_rng(0).normal(size=(3, 2))
+    path = tmp_path / "latent.h5ad"
+    tiny.write_h5ad(path)
+    with pytest.raises(InputError, match=rf"^{path}: UMAP needs at least 4 cells, got 3"):
+        tl.run_cluster(path, tmp_path / "final.h5ad", tmp_path / "metrics.json")
+    with pytest.raises(InputError, match=rf"^{path}: n_components must be in \[1, 2\]"):
+        baselines.run_baseline(path, tmp_path / "pca.h5ad", method="pca", n_components=6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latent.h5ad"]

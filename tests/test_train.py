@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 
 import anndata
 import h5py
@@ -129,6 +130,26 @@ def test_unknown_setting_and_bad_values_are_named(pbmc_small):
         scvae.train(pbmc_small, likelihood="gaussian")
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"free_bits": -0.1}, "training setting free_bits=-0.1 is out of range: must be >= 0"),
+        ({"beta": -1.0}, "training setting beta=-1.0 is out of range: must be >= 0"),
+        ({"batch_size": 1}, "batch_size=1 is out of range: must be >= 2"),
+        ({"kl_schedule": "cosine"}, "kl_schedule='cosine' is not one of"),
+        ({"n_latent": "ten"}, "setting n_latent='ten': expected an integer, got str"),
+        ({"lr": "fast"}, "setting lr='fast': expected a number, got str"),
+        ({"early_stopping": 1}, "setting early_stopping=1: expected true or false, got int"),
+    ],
+)
+def test_bad_setting_is_rejected_before_training_with_the_key_named(
+    pbmc_small, setting, message, monkeypatch
+):
+    monkeypatch.setattr(train_mod, "VAE", None)  # must fail before building the model
+    with pytest.raises(ValueError, match=re.escape(message)):
+        scvae.train(pbmc_small, **setting)
+
+
 def test_normalized_input_is_rejected(pbmc_small):
     bad = pbmc_small.copy()
     bad.layers["counts"] = bad.layers["counts"].multiply(0.37).tocsr()
@@ -142,7 +163,54 @@ def test_cuda_without_gpu_is_a_clear_error(pbmc_small):
         scvae.train(pbmc_small, device="cuda", max_epochs=1)
 
 
-def test_tiny_data_adapts_the_batch_size(pbmc_small):
-    tiny = pbmc_small[:7].copy()
+@pytest.mark.parametrize("n_cells", [2, 3, 5, 7])
+def test_tiny_data_adapts_the_batch_size(pbmc_small, n_cells):
+    tiny = pbmc_small[:n_cells].copy()
     model = scvae.train(tiny, max_epochs=2, **FAST)
-    assert model.get_latent(tiny).shape == (7, 4)
+    assert model.get_latent(tiny).shape == (n_cells, 4)
+    assert model.summary["n_train_cells"] + model.summary["n_val_cells"] == n_cells
+    assert np.isfinite(model.history["train_elbo"]).all()
+
+
+def test_fewer_cells_than_the_minimum_is_a_clear_error(pbmc_small):
+    assert train_mod.MIN_CELLS == 2
+    with pytest.raises(InputError) as err:
+        scvae.train(pbmc_small[:1].copy(), source="cells.h5ad", max_epochs=1, **FAST)
+    msg = str(err.value)
+    assert msg.startswith("cells.h5ad: 1 cell(s); training needs at least 2")
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so(pbmc_small, tmp_path):
+    # A learning rate this large really diverges on the first step: no test hook needed.
+    with pytest.raises(TrainingError) as err:
+        scvae.train(pbmc_small, max_epochs=2, lr=1e6, checkpoint_dir=tmp_path, **FAST)
+    msg = str(err.value)
+    assert "non-finite loss" in msg and "at epoch 1" in msg and "lr=1e+06" in msg
+    assert "No checkpoint had been written yet" in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_checkpoint_temp_file_of_a_killed_write_is_removed(pbmc_small, tmp_path):
+    stale = tmp_path / ".checkpoint.pt.abc123.tmp.pt"
+    stale.write_bytes(b"half a checkpoint")
+    scvae.train(pbmc_small, max_epochs=1, checkpoint_dir=tmp_path, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_checkpoint_of_other_model_layers_is_not_resumed(pbmc_small, tmp_path, monkeypatch, caplog):
+    # Same settings, but a newer scvae builds other layers from them: the checkpoint of the
+    # old layers must be ignored, not crash the rerun.
+    scvae.train(pbmc_small, max_epochs=2, checkpoint_every=1, checkpoint_dir=tmp_path, **FAST)
+
+    class WiderVAE(train_mod.VAE):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.extra = torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(train_mod, "VAE", WiderVAE)
+    with caplog.at_level("INFO", logger="scvae.train"):
+        again = scvae.train(
+            pbmc_small, max_epochs=2, checkpoint_every=1, checkpoint_dir=tmp_path, **FAST
+        )
+    assert list(again.history["epoch"]) == [1, 2]
+    assert "training from scratch" in caplog.text and "resuming from" not in caplog.text

@@ -17,9 +17,11 @@ rule cluster:
         settings=cluster_json,
         diagnostics=lambda wc, input: f"--diagnostics {input.diagnostics}" if input.diagnostics else "",
     threads: config["threads"]
+    group:
+        small_job_group
     resources:
-        mem_mb=mem_mb_from_input(factor=4, floor=3000),
-        runtime=30,
+        mem_mb=mem_mb_from_input(factor=8, floor=2000),
+        runtime=cluster_runtime,
     conda:
         "../../envs/scvae.yaml"
     shell:

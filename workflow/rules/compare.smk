@@ -22,8 +22,8 @@ rule compare:
         notes=compare_notes,
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=mem_mb_from_input(factor=1, floor=2000),
+        runtime=runtime_from_input(minutes=15, per_gb=5),
     conda:
         "../../envs/scvae.yaml"
     shell:

@@ -29,9 +29,11 @@ rule diagnose:
         settings=diagnostics_json,
         figure_dir=subpath(output.kl, parent=True),
     threads: config["threads"]
+    group:
+        small_job_group
     resources:
-        mem_mb=mem_mb_from_input(factor=4, floor=3000),
-        runtime=30,
+        mem_mb=mem_mb_from_input(factor=4, floor=2000),
+        runtime=diagnose_runtime,
     conda:
         "../../envs/scvae.yaml"
     shell:

@@ -17,7 +17,7 @@ rule preprocess:
     threads: 1
     resources:
         mem_mb=mem_mb_from_input(factor=20, floor=2000),
-        runtime=30,
+        runtime=runtime_from_input(minutes=15, per_gb=30),
     conda:
         "../../envs/scvae.yaml"
     shell:

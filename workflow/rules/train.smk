@@ -15,9 +15,9 @@ rule train:
         checkpoints="checkpoints/{dataset}/{variant}/seed{seed}",
     threads: config["threads"]
     resources:
-        mem_mb=mem_mb_from_input(factor=6, floor=3000),
-        runtime=120,
-        gpu=wants_gpu,
+        mem_mb=mem_mb_from_input(factor=4, floor=2000),
+        runtime=train_runtime,
+        gpu=gpu_request,
     conda:
         "../../envs/scvae.yaml"
     shell:
@@ -42,9 +42,11 @@ rule baseline:
             else config["defaults"].get("n_latent", 10)
         ),
     threads: config["threads"]
+    group:
+        small_job_group
     resources:
-        mem_mb=mem_mb_from_input(factor=8, floor=3000),
-        runtime=60,
+        mem_mb=mem_mb_from_input(factor=6, floor=2000),
+        runtime=runtime_from_input(minutes=15, per_gb=30),
     conda:
         "../../envs/scvae.yaml"
     shell:

@@ -1,0 +1,300 @@
+"""Count matrices that stay on disk: row-sliceable CSR over an h5ad file (h5py).
+
+A single-cell atlas of 10^6-10^7 cells does not have to fit in memory to be trained on:
+every stage of scvae reads counts a minibatch (or a chunk of rows) at a time, and
+:class:`H5CSR` gives them rows of the CSR matrix stored in an h5ad file without loading
+it. Only ``indptr`` (8 bytes per cell) is held in memory; ``data`` and ``indices`` are
+read per request, one contiguous HDF5 read per run of consecutive rows.
+
+Random rows are slow to read from disk (one read per row), so on-disk training draws
+its minibatches by *block shuffle* (:class:`scvae.data.CountBatches` with
+``block_size``): blocks of consecutive rows are visited in random order, a window of
+several blocks is read at once, and the rows of the window are shuffled before being
+cut into minibatches. See :class:`~scvae.data.CountBatches` for the trade-off.
+
+The helpers :func:`row_chunks`, :func:`row_sums`, :func:`take_rows` and
+:func:`check_counts_chunked` work the same on in-memory scipy matrices and on
+:class:`H5CSR`, so the code that uses them does not branch on where the data live.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from scipy import sparse
+
+__all__ = [
+    "BACKED_MIN_BYTES_DEFAULT",
+    "H5CSR",
+    "Subset",
+    "backed_min_bytes",
+    "check_counts_chunked",
+    "counts_location",
+    "is_ondisk",
+    "row_chunks",
+    "row_sums",
+    "take_columns",
+    "take_rows",
+]
+
+BACKED_MIN_BYTES_DEFAULT = 2 << 30
+"""h5ad files at least this large (2 GiB) are read backed by default.
+
+Overridden by the environment variable ``SCVAE_BACKED_MIN_GB`` (a number of GiB; 0
+reads every h5ad backed, ``inf`` none) or by the ``backed_min_gb`` workflow setting.
+"""
+# Stored values per chunk of the chunked passes (row_chunks): ~100 MB of float32 + int32.
+CHUNK_NNZ = 1 << 23
+# Rows separated by fewer stored values than this are read in one HDF5 read with the
+# rows between them (then dropped): one read costs about as much as copying 32k values.
+MAX_GAP_NNZ = 1 << 15
+
+
+def backed_min_bytes(value: float | None = None) -> float:
+    """Size in bytes from which h5ad inputs are read backed.
+
+    Parameters
+    ----------
+    value
+        GiB; None reads ``SCVAE_BACKED_MIN_GB`` from the environment, else the default.
+
+    Returns
+    -------
+    float
+        Bytes (may be ``inf``).
+    """
+    if value is None:
+        env = os.environ.get("SCVAE_BACKED_MIN_GB")
+        if not env:
+            return float(BACKED_MIN_BYTES_DEFAULT)
+        value = float(env)
+    return float(value) * (1 << 30)
+
+
+class H5CSR:
+    """A CSR matrix in an HDF5 group (anndata's ``csr_matrix`` encoding), read on demand.
+
+    Supports what scvae needs of a count matrix: ``shape``, ``dtype``, ``nnz`` and row
+    indexing with a slice or an integer array (any order) returning a
+    :class:`scipy.sparse.csr_matrix`.
+
+    Parameters
+    ----------
+    group
+        The h5py group with ``data``, ``indices``, ``indptr`` and a ``shape`` attribute.
+    """
+
+    format = "csr"
+
+    def __init__(self, group: h5py.Group) -> None:
+        encoding = group.attrs.get("encoding-type", "")
+        if isinstance(encoding, bytes):
+            encoding = encoding.decode()
+        if encoding != "csr_matrix":
+            raise ValueError(
+                f"{group.file.filename}:{group.name} is stored as {encoding or 'dense'!r}, "
+                "not as a CSR matrix (csr_matrix); only CSR counts can be read backed"
+            )
+        self.group = group
+        self.shape = tuple(int(v) for v in group.attrs["shape"])
+        self._data = group["data"]
+        self._indices = group["indices"]
+        self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        self.dtype = self._data.dtype
+        self.nnz = int(self.indptr[-1])
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, key: str = "X") -> H5CSR:
+        """Open ``key`` (``"X"`` or ``"layers/<name>"``) of an h5ad file read-only."""
+        return cls(h5py.File(path, "r")[key])
+
+    @property
+    def filename(self) -> str:
+        """The file the matrix lives in."""
+        return self.group.file.filename
+
+    def __repr__(self) -> str:
+        return f"H5CSR({self.filename}:{self.group.name}, shape={self.shape}, nnz={self.nnz})"
+
+    def _read_spans(self, starts: np.ndarray, stops: np.ndarray) -> sparse.csr_matrix:
+        """Rows ``[starts[i], stops[i])`` of every span i, concatenated (one read per span)."""
+        lo, hi = self.indptr[starts], self.indptr[stops]
+        data = np.empty(int((hi - lo).sum()), dtype=self.dtype)
+        indices = np.empty(data.size, dtype=self._indices.dtype)
+        offset = 0
+        for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+            if b > a:
+                dest = np.s_[offset : offset + b - a]
+                self._data.read_direct(data, np.s_[a:b], dest)
+                self._indices.read_direct(indices, np.s_[a:b], dest)
+                offset += b - a
+        counts = np.concatenate(
+            [np.diff(self.indptr[a : b + 1]) for a, b in zip(starts, stops, strict=True)]
+        )
+        indptr = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return sparse.csr_matrix((data, indices, indptr), shape=(counts.size, self.shape[1]))
+
+    def _read_sorted(self, rows: np.ndarray) -> sparse.csr_matrix:
+        """Rows in increasing order (repeats allowed)."""
+        if rows.size == 0:
+            return sparse.csr_matrix((0, self.shape[1]), dtype=self.dtype)
+        # Spans of rows read at once: consecutive rows, and rows separated by a gap of
+        # fewer than MAX_GAP_NNZ stored values (reading the gap costs less than a read).
+        ends = self.indptr[rows + 1]
+        gaps = self.indptr[rows[1:]] - ends[:-1]
+        breaks = np.flatnonzero(gaps > MAX_GAP_NNZ) + 1
+        starts = rows[np.r_[0, breaks]]
+        stops = rows[np.r_[breaks - 1, rows.size - 1]] + 1
+        spans = self._read_spans(starts, stops)
+        if spans.shape[0] == rows.size:
+            return spans  # the rows were consecutive
+        # Position of each wanted row among the rows read.
+        span_len = stops - starts
+        first = np.cumsum(np.r_[0, span_len[:-1]])
+        span_of_row = np.repeat(np.arange(starts.size), np.diff(np.r_[0, breaks, rows.size]))
+        pos = first[span_of_row] + rows - starts[span_of_row]
+        return spans[pos]
+
+    def __getitem__(self, key: Any) -> sparse.csr_matrix:
+        if isinstance(key, tuple):
+            if len(key) != 2 or key[1] != slice(None):
+                raise IndexError("H5CSR supports row indexing only (X[rows] or X[rows, :])")
+            key = key[0]
+        n = self.shape[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            return self._read_spans(np.array([start]), np.array([max(start, stop)]))
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False).ravel()
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        rows = np.where(rows < 0, rows + n, rows)
+        if rows.size < 2 or not np.any(rows[1:] < rows[:-1]):
+            return self._read_sorted(rows)
+        order = np.argsort(rows, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        return self._read_sorted(rows[order])[inverse]
+
+    def close(self) -> None:
+        """Close the file (the matrix is unusable afterwards)."""
+        self.group.file.close()
+
+
+class Subset:
+    """Some rows and columns of a matrix, indexed like that submatrix, read on demand.
+
+    ``Subset(X, rows, cols)[i]`` is ``X[rows[i]][:, cols]``; with increasing ``rows``
+    and ``i``, reads stay in increasing order (what an on-disk matrix reads fastest).
+
+    Parameters
+    ----------
+    X
+        A row-sliceable matrix (:class:`H5CSR` or another :class:`Subset`).
+    rows, cols
+        Rows and columns kept (None: all).
+    """
+
+    format = "csr"
+
+    def __init__(self, X: Any, rows: np.ndarray | None = None, cols: np.ndarray | None = None):
+        self.X = X
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.cols = None if cols is None else np.asarray(cols, dtype=np.int64)
+        self.shape = (
+            X.shape[0] if rows is None else self.rows.size,
+            X.shape[1] if cols is None else self.cols.size,
+        )
+        self.dtype = X.dtype
+        base = X
+        while isinstance(base, Subset):
+            base = base.X
+        # Stored values per row, for sizing chunks.
+        self.nnz_per_row = base.nnz / max(base.shape[0], 1)
+
+    def __getitem__(self, key: Any) -> sparse.csr_matrix:
+        if isinstance(key, tuple):
+            if len(key) != 2 or key[1] != slice(None):
+                raise IndexError("Subset supports row indexing only (X[rows] or X[rows, :])")
+            key = key[0]
+        block = self.X[key if self.rows is None else self.rows[key]]
+        return block if self.cols is None else block[:, self.cols]
+
+
+def is_ondisk(X: Any) -> bool:
+    """Whether ``X`` reads its rows from disk (:class:`H5CSR` or a subset of one)."""
+    return isinstance(X, H5CSR | Subset)
+
+
+def take_rows(X: Any, rows: np.ndarray) -> Any:
+    """``X[rows]``: a copy for in-memory matrices, a lazy :class:`Subset` on disk."""
+    return Subset(X, rows) if is_ondisk(X) else X[rows]
+
+
+def take_columns(X: Any, cols: np.ndarray) -> Any:
+    """``X[:, cols]``: a copy for in-memory matrices, a lazy :class:`Subset` on disk."""
+    return Subset(X, cols=cols) if is_ondisk(X) else X[:, cols]
+
+
+def row_chunks(
+    X: Any, rows: np.ndarray | None = None, *, chunk_nnz: int = CHUNK_NNZ
+) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
+    """``(positions, X[rows[positions]])`` in order, about ``chunk_nnz`` stored values each.
+
+    In-memory matrices come as one chunk (no copy when ``rows`` is None).
+    """
+    n = X.shape[0] if rows is None else len(rows)
+    if not is_ondisk(X):
+        block = X if rows is None else X[rows]
+        yield np.arange(n), sparse.csr_matrix(block)
+        return
+    per_row = X.nnz / max(X.shape[0], 1) if isinstance(X, H5CSR) else X.nnz_per_row
+    step = max(1, int(chunk_nnz / max(per_row, 1.0)))
+    for s in range(0, n, step):
+        pos = np.arange(s, min(n, s + step))
+        yield pos, X[pos if rows is None else rows[pos]]
+
+
+def row_sums(X: Any, rows: np.ndarray | None = None) -> np.ndarray:
+    """``np.asarray(X[rows].sum(1)).ravel()``, chunk by chunk for on-disk matrices.
+
+    The dtype is scipy's (float32 sums of float32 counts), so that in-memory results
+    are exactly those of the plain expression; an in-memory matrix is summed whole and
+    the rows picked from the sums (each row's sum is the same), without copying them.
+    """
+    if not is_ondisk(X):
+        sums = np.asarray(X.sum(1)).ravel()
+        return sums if rows is None else sums[rows]
+    parts = [np.asarray(block.sum(1)).ravel() for _, block in row_chunks(X, rows)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=X.dtype)
+
+
+def check_counts_chunked(X: Any, *, source: str) -> None:
+    """:func:`scvae.io.check_counts` on an on-disk matrix, one chunk of rows at a time."""
+    from scvae.io import check_counts
+
+    if not is_ondisk(X):
+        check_counts(X, source=source)
+        return
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        check_counts(sparse.csr_matrix(X.shape, dtype=np.float32), source=source)
+    for pos, block in row_chunks(X):
+        check_counts(block, source=f"{source} (rows {pos[0]}-{pos[-1]})")
+
+
+def counts_location(path: str | os.PathLike, layer: str | None = "counts") -> str:
+    """The HDF5 key of the counts in an h5ad file: ``layers/<layer>`` when present, else X."""
+    with h5py.File(Path(path), "r") as f:
+        if layer is not None and f"layers/{layer}" in f:
+            return f"layers/{layer}"
+    return "X"
