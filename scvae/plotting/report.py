@@ -516,14 +516,11 @@ def plot_training_curves(histories: Mapping[str, pd.DataFrame], path: str | os.P
         Line2D([], [], color="0.3", ls="-", label="train"),
         Line2D([], [], color="0.3", ls="--", label="validation"),
     ]
-    first = ax_elbo.legend(
-        handles=run_handles,
-        title="run",
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        frameon=False,
+    # One legend per axes: an extra legend added with add_artist is not counted by
+    # bbox_inches="tight" and gets clipped.
+    ax_kl.legend(
+        handles=run_handles, title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
     )
-    ax_elbo.add_artist(first)
     ax_elbo.legend(
         handles=style_handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False
     )
