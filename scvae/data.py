@@ -103,8 +103,8 @@ class CountBatches:
         blocks = rng.permutation(-(-len(idx) // b))
         windows = []
         for s in range(0, len(blocks), self.window_blocks):
-            rows = np.concatenate([idx[k * b : (k + 1) * b] for k in blocks[s : s + self.window_blocks]])
-            windows.append(rng.permutation(rows))
+            rows = [idx[k * b : (k + 1) * b] for k in blocks[s : s + self.window_blocks]]
+            windows.append(rng.permutation(np.concatenate(rows)))
         return np.concatenate(windows) if windows else idx
 
     def __len__(self) -> int:

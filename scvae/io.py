@@ -14,7 +14,7 @@ import gzip
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -700,8 +700,8 @@ def write_h5ad(adata: anndata.AnnData, path: str | os.PathLike) -> None:
 
 def _plain_dicts(value: Any) -> Any:
     """Mappings (OrderedDict, anndata's AxisArrays) as plain dicts, as anndata writes them."""
-    if isinstance(value, dict) or hasattr(value, "keys") and hasattr(value, "__getitem__"):
-        return {k: _plain_dicts(value[k]) for k in value.keys()}
+    if isinstance(value, Mapping):
+        return {k: _plain_dicts(v) for k, v in value.items()}
     return value
 
 

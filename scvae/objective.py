@@ -182,9 +182,7 @@ def _vae_terms(module, x: torch.Tensor, kl_weight: float = 1.0) -> ElboTerms:
     q = module.inference(x)
     qz = dist.Normal(q["qz"].loc, q["qz"].scale)
     z = qz.rsample()
-    kl_per_dim = kl_divergence(
-        qz, dist.Normal(0.0, x.new_ones(())).expand([n, module.n_latent])
-    )
+    kl_per_dim = kl_divergence(qz, dist.Normal(0.0, x.new_ones(())).expand([n, module.n_latent]))
     kl_other = 0.0
     if module.config.library == "latent":
         ql = dist.Normal(q["ql"].loc, q["ql"].scale)

@@ -30,6 +30,7 @@ from scipy import sparse
 
 __all__ = [
     "BACKED_MIN_BYTES_DEFAULT",
+    "CSRWriter",
     "H5CSR",
     "Subset",
     "backed_min_bytes",
@@ -298,3 +299,77 @@ def counts_location(path: str | os.PathLike, layer: str | None = "counts") -> st
         if layer is not None and f"layers/{layer}" in f:
             return f"layers/{layer}"
     return "X"
+
+
+class CSRWriter:
+    """Append rows of a CSR matrix chunk by chunk, then store it in an h5ad file.
+
+    The stored values are first appended to two raw files in ``tmpdir`` (their final
+    number is not known in advance) and copied into contiguous HDF5 datasets by
+    :meth:`write` (no chunking or compression, as anndata writes by default, so that
+    row ranges read fast). Memory holds one chunk and ``indptr``; the disk holds the
+    values twice for a moment.
+
+    Parameters
+    ----------
+    tmpdir
+        Folder for the two raw files.
+    n_cols
+        Number of columns.
+    """
+
+    _COPY_VALUES = 1 << 24
+
+    def __init__(self, tmpdir: str | os.PathLike, n_cols: int) -> None:
+        self.n_cols = int(n_cols)
+        self._data_path = Path(tmpdir) / "data.bin"
+        self._indices_path = Path(tmpdir) / "indices.bin"
+        self._data = open(self._data_path, "wb")  # noqa: SIM115 - closed in write()
+        self._indices = open(self._indices_path, "wb")  # noqa: SIM115
+        self._row_nnz: list[np.ndarray] = []
+        self.nnz = 0
+
+    def append(self, block: sparse.csr_matrix) -> None:
+        """Append the rows of ``block`` (float32 values, sorted column indices)."""
+        block = sparse.csr_matrix(block)
+        self._data.write(np.asarray(block.data, dtype=np.float32).tobytes())
+        self._indices.write(np.asarray(block.indices, dtype=np.int32).tobytes())
+        self._row_nnz.append(np.diff(block.indptr).astype(np.int64))
+        self.nnz += block.nnz
+
+    @property
+    def n_rows(self) -> int:
+        """Rows appended so far."""
+        return int(sum(r.size for r in self._row_nnz))
+
+    def write(self, parent: h5py.Group, key: str) -> h5py.Group:
+        """Store the matrix as ``parent[key]`` in anndata's ``csr_matrix`` encoding."""
+        self._data.close()
+        self._indices.close()
+        indptr = np.zeros(self.n_rows + 1, dtype=np.int64)
+        if self._row_nnz:
+            np.cumsum(np.concatenate(self._row_nnz), out=indptr[1:])
+        # One index dtype for indptr and indices, as scipy expects (mixed ones break some
+        # scipy operations on the matrix anndata reads back).
+        index_dtype = np.int32 if self.nnz < np.iinfo(np.int32).max else np.int64
+        group = parent.create_group(key)
+        group.attrs.update(
+            {
+                "encoding-type": "csr_matrix",
+                "encoding-version": "0.1.0",
+                "shape": np.array([self.n_rows, self.n_cols], dtype=np.int64),
+            }
+        )
+        group.create_dataset("indptr", data=indptr.astype(index_dtype))
+        for name, raw, dtype, out_dtype in (
+            ("data", self._data_path, np.float32, np.float32),
+            ("indices", self._indices_path, np.int32, index_dtype),
+        ):
+            out = group.create_dataset(name, shape=(self.nnz,), dtype=out_dtype)
+            # Plain reads, not a memmap: mapped pages would count as resident memory.
+            with open(raw, "rb") as handle:
+                for s in range(0, self.nnz, self._COPY_VALUES):
+                    values = np.fromfile(handle, dtype=dtype, count=self._COPY_VALUES)
+                    out[s : s + values.size] = values.astype(out_dtype, copy=False)
+            raw.unlink()
+        return group

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anndata
+import h5py
 import numpy as np
 import scanpy as sc
 from scipy import sparse
@@ -529,10 +530,37 @@ def run_preprocess(
     from scvae.plotting.qc import plot_qc
 
     settings = effective_settings(**filter_settings)
+    if _large_h5ad(input, format, layer):
+        # Streamed in chunks of rows: memory does not grow with the counts.
+        from scvae.preprocess_backed import preprocess_h5ad_backed
+
+        preprocess_h5ad_backed(input, output, qc_plot, label_key=label_key, layer=layer, **settings)
+        return
     adata = read_counts(input, format=format, label_key=label_key, layer=layer, transpose=transpose)
     plot_qc(adata, qc_plot, thresholds=settings, mito_prefix=settings["mito_prefix"])
     preprocess(adata, **settings)
     write_h5ad(adata, output)
+
+
+def _large_h5ad(path: str | os.PathLike, format: str | None, layer: str | None) -> bool:
+    """An h5ad input of at least :func:`scvae.ondisk.backed_min_bytes` with CSR counts."""
+    from pathlib import Path
+
+    from scvae.io import detect_format
+    from scvae.ondisk import backed_min_bytes
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size < backed_min_bytes():
+        return False
+    if (format or detect_format(path)) != "h5ad":
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            key = "X" if layer is None else f"layers/{layer}"
+            # A missing matrix is reported by the streamed reader, without loading the file.
+            return key not in f or f[key].attrs.get("encoding-type") == "csr_matrix"
+    except OSError:
+        return False  # the in-memory reader reports the corrupt file
 
 
 def effective_settings(**filter_settings: Any) -> dict[str, Any]:

@@ -38,12 +38,12 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from scvae.ondisk import CSRWriter
+
 __all__ = ["BLOCK_CELLS", "SyntheticParams", "synthetic_counts", "write_synthetic_h5ad"]
 
 BLOCK_CELLS = 4096
 """Cells drawn per random block (the unit of reproducibility and of memory)."""
-# Values copied from the temporary raw files into the HDF5 datasets per step.
-_COPY_VALUES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,9 @@ def synthetic_counts(
     X = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, n_genes))
     obs = pd.DataFrame(index=_names("cell_", n_cells))
     obs["label"] = _labels(np.concatenate(codes), model.params.n_clusters)
-    return anndata.AnnData(X=X.astype(np.float32), obs=obs, var=pd.DataFrame(index=_names("gene_", n_genes)))
+    return anndata.AnnData(
+        X=X.astype(np.float32), obs=obs, var=pd.DataFrame(index=_names("gene_", n_genes))
+    )
 
 
 def write_synthetic_h5ad(
@@ -191,12 +193,12 @@ def write_synthetic_h5ad(
     """Write synthetic counts to an h5ad file, one block of cells at a time.
 
     The count matrix is ``X``, a CSR matrix in anndata's on-disk format (``data``
-    float32; ``indices`` and ``indptr`` int32, or int64 from 2^31 stored values), stored contiguously (no HDF5 chunking
-    or compression, as anndata writes by default), so that row ranges read fast.
-    ``anndata.read_h5ad`` (also ``backed="r"``) opens the file. The non-zero values are
-    first appended to two temporary raw files next to ``path`` (their final size is not
-    known in advance) and then copied into the HDF5 datasets, so writing needs twice
-    the file's size on disk for a moment, and memory for one block.
+    float32; ``indices`` and ``indptr`` int32, or int64 from 2^31 stored values),
+    stored contiguously (no HDF5 chunking or compression, as anndata writes by
+    default), so that row ranges read fast. ``anndata.read_h5ad`` (also
+    ``backed="r"``) opens the file. The values go through
+    :class:`scvae.ondisk.CSRWriter`: memory holds one block of cells, the disk twice
+    the file's size for a moment.
 
     Parameters
     ----------
@@ -222,22 +224,15 @@ def write_synthetic_h5ad(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _Model(n_genes, params or SyntheticParams(), seed)
     codes = np.empty(n_cells, dtype=np.int64)
-    indptr = np.zeros(n_cells + 1, dtype=np.int64)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmpdir:
-        data_file, indices_file = Path(tmpdir) / "data.bin", Path(tmpdir) / "indices.bin"
-        nnz = 0
+        writer = CSRWriter(tmpdir, n_genes)
         step = max(1, n_cells // 10)
-        with open(data_file, "wb") as data_out, open(indices_file, "wb") as indices_out:
-            for index, start, n in _blocks(n_cells):
-                x, labels = model.block(index, n)
-                codes[start : start + n] = labels
-                csr = sparse.csr_matrix(x)
-                data_out.write(csr.data.astype(np.float32).tobytes())
-                indices_out.write(csr.indices.astype(np.int32).tobytes())
-                indptr[start + 1 : start + n + 1] = nnz + csr.indptr[1:]
-                nnz += csr.nnz
-                if progress and (start + n) // step > start // step:
-                    print(f"  {start + n:,} / {n_cells:,} cells", flush=True)
+        for index, start, n in _blocks(n_cells):
+            x, labels = model.block(index, n)
+            codes[start : start + n] = labels
+            writer.append(sparse.csr_matrix(x))
+            if progress and (start + n) // step > start // step:
+                print(f"  {start + n:,} / {n_cells:,} cells", flush=True)
         tmp_h5 = Path(tmpdir) / "out.h5ad"
         with h5py.File(tmp_h5, "w") as f:
             obs = pd.DataFrame(index=_names("cell_", n_cells))
@@ -251,28 +246,7 @@ def write_synthetic_h5ad(
                 "uns",
                 {"synthetic": {"seed": seed, "n_clusters": model.params.n_clusters}},
             )
-            group = f.create_group("X")
-            group.attrs.update(
-                {
-                    "encoding-type": "csr_matrix",
-                    "encoding-version": "0.1.0",
-                    "shape": np.array([n_cells, n_genes], dtype=np.int64),
-                }
-            )
-            # One index dtype for indptr and indices, as scipy expects (mixed ones break
-            # some scipy operations on the matrix anndata reads back).
-            index_dtype = np.int32 if nnz < np.iinfo(np.int32).max else np.int64
-            group.create_dataset("indptr", data=indptr.astype(index_dtype))
-            for name, raw, dtype, out_dtype in (
-                ("data", data_file, np.float32, np.float32),
-                ("indices", indices_file, np.int32, index_dtype),
-            ):
-                out = group.create_dataset(name, shape=(nnz,), dtype=out_dtype)
-                # Plain reads, not a memmap: mapped pages would count as resident memory.
-                with open(raw, "rb") as handle:
-                    for s in range(0, nnz, _COPY_VALUES):
-                        values = np.fromfile(handle, dtype=dtype, count=_COPY_VALUES)
-                        out[s : s + values.size] = values.astype(out_dtype, copy=False)
+            writer.write(f, "X")
             f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         os.replace(tmp_h5, path)
     return path

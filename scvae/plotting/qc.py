@@ -31,6 +31,7 @@ def plot_qc(
     thresholds: Mapping[str, Any] | None = None,
     mito_prefix: str = "MT-",
     title: str | None = None,
+    cell_metrics: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
 ) -> None:
     """Write a PNG with per-cell histograms of counts, detected genes and mito fraction.
 
@@ -51,9 +52,13 @@ def plot_qc(
         Name prefix of mitochondrial genes (case-insensitive).
     title
         Figure title; by default the input file name and the matrix size.
+    cell_metrics
+        ``(total counts, detected genes, mitochondrial fraction or None)`` per cell,
+        when already computed (the out-of-core preprocessing streams them); ``adata``
+        then only gives the title.
     """
     thresholds = dict(thresholds or {})
-    totals, n_genes, mito = _cell_metrics(adata, mito_prefix)
+    totals, n_genes, mito = cell_metrics or _cell_metrics(adata, mito_prefix)
     fig = Figure(figsize=(15, 4.6), layout="constrained")
     ax_counts, ax_genes, ax_mito = fig.subplots(1, 3)
     _log_histogram(ax_counts, totals, "total counts per cell")
