@@ -519,7 +519,11 @@ def plot_training_curves(histories: Mapping[str, pd.DataFrame], path: str | os.P
     # One legend per axes: an extra legend added with add_artist is not counted by
     # bbox_inches="tight" and gets clipped.
     ax_kl.legend(
-        handles=run_handles, title="run", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+        handles=run_handles,
+        title="run",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
     )
     ax_elbo.legend(
         handles=style_handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False
