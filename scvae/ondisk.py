@@ -35,7 +35,6 @@ __all__ = [
     "Subset",
     "backed_min_bytes",
     "check_counts_chunked",
-    "counts_location",
     "is_ondisk",
     "row_chunks",
     "row_sums",
@@ -47,9 +46,9 @@ BACKED_MIN_BYTES_DEFAULT = 2 << 30
 """h5ad files at least this large (2 GiB) are read backed by default.
 
 Overridden by the environment variable ``SCVAE_BACKED_MIN_GB`` (a number of GiB; 0
-reads every h5ad backed, ``inf`` none) or by the ``backed_min_gb`` workflow setting.
+reads every h5ad backed, ``inf`` none); Snakemake passes it on to the jobs.
 """
-# Stored values per chunk of the chunked passes (row_chunks): ~100 MB of float32 + int32.
+# Stored values per chunk of the chunked passes (row_chunks): 64 MB of float32 + int32.
 CHUNK_NNZ = 1 << 23
 # Rows separated by fewer stored values than this are read in one HDF5 read with the
 # rows between them (then dropped): one read costs about as much as copying 32k values.
@@ -291,14 +290,6 @@ def check_counts_chunked(X: Any, *, source: str) -> None:
         check_counts(sparse.csr_matrix(X.shape, dtype=np.float32), source=source)
     for pos, block in row_chunks(X):
         check_counts(block, source=f"{source} (rows {pos[0]}-{pos[-1]})")
-
-
-def counts_location(path: str | os.PathLike, layer: str | None = "counts") -> str:
-    """The HDF5 key of the counts in an h5ad file: ``layers/<layer>`` when present, else X."""
-    with h5py.File(Path(path), "r") as f:
-        if layer is not None and f"layers/{layer}" in f:
-            return f"layers/{layer}"
-    return "X"
 
 
 class CSRWriter:
