@@ -339,7 +339,8 @@ def preprocess_h5ad_backed(
                     write_elem(out, key, {})
                 write_elem(out, "uns", _plain_dicts(result.uns))
                 writer.write(out, "X")
-                out.create_group("layers")
+                layers = out.create_group("layers")
+                layers.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
                 out["layers"]["counts"] = out["X"]  # a hard link: the counts once on disk
                 out.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         logger.info(
