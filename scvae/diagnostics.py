@@ -58,7 +58,6 @@ model's architecture) and ``validation`` (the block of the held-out validation c
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -74,8 +73,8 @@ import torch
 from scipy import stats
 from torch.distributions import Normal, kl_divergence
 
-from scvae._atomic import atomic_path
 from scvae.data import CountBatches
+from scvae.jsonio import read_json, write_json
 from scvae.ondisk import backed_min_bytes, row_sums, take_rows
 
 if TYPE_CHECKING:
@@ -1186,24 +1185,6 @@ def diagnose(
     return _builtin(out)
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _nan_for_null(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _nan_for_null(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_for_null(v) for v in obj]
-    return math.nan if obj is None else obj
-
-
 def write_diagnostics(diagnostics: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write diagnostics as strict JSON, atomically; NaN and infinities become ``null``.
 
@@ -1214,9 +1195,7 @@ def write_diagnostics(diagnostics: Mapping[str, Any], path: str | os.PathLike) -
     path
         Destination ``.json``.
     """
-    payload = _json_safe(_builtin(diagnostics))
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_json(_builtin(diagnostics), path)
 
 
 def read_diagnostics(path: str | os.PathLike) -> dict[str, Any]:
@@ -1232,7 +1211,7 @@ def read_diagnostics(path: str | os.PathLike) -> dict[str, Any]:
     dict
         The diagnostics, as :func:`diagnose` returned them.
     """
-    return _nan_for_null(json.loads(Path(path).read_text()))
+    return read_json(path)
 
 
 def run_diagnose(

@@ -300,10 +300,30 @@ def _plan_filters(adata: anndata.AnnData, settings: dict[str, Any], source: str)
 def _plan_cell_filters(
     plan: _Plan, entries: _Entries, is_mito: np.ndarray, settings: dict[str, Any], source: str
 ) -> None:
-    before = plan.shape
     # The same numbers as scanpy's n_genes_by_counts, total_counts and pct_counts_mt.
     n_genes = entries.per_cell(entries.detected)
     totals = entries.per_cell(entries.values)
+    mito = None
+    if settings["max_mito_fraction"] is not None and plan.n_mito_genes:
+        mito = entries.per_cell(entries.values * is_mito[entries.cols])
+    _apply_cell_filters(plan, n_genes, totals, mito, settings, source)
+
+
+def _apply_cell_filters(
+    plan: _Plan,
+    n_genes: np.ndarray,
+    totals: np.ndarray,
+    mito: np.ndarray | None,
+    settings: dict[str, Any],
+    source: str,
+) -> None:
+    """Mark the cells that fail the cell filters, from per-cell statistics.
+
+    Shared by the in-memory and the streamed (backed) preprocessing, which compute
+    the statistics differently. ``mito`` (mitochondrial counts per cell) is only read
+    when the mitochondrial filter applies.
+    """
+    before = plan.shape
     failed = {"min_genes": n_genes < settings["min_genes"]}
     if settings["min_counts"] is not None:
         failed["min_counts"] = totals < settings["min_counts"]
@@ -311,7 +331,6 @@ def _plan_cell_filters(
         failed["max_counts"] = totals > settings["max_counts"]
     mito_note = "none"
     if settings["max_mito_fraction"] is not None and plan.n_mito_genes:
-        mito = entries.per_cell(entries.values * is_mito[entries.cols])
         fraction = np.divide(mito, totals, out=np.zeros_like(mito), where=totals > 0)
         failed["max_mito_fraction"] = fraction > settings["max_mito_fraction"]
         mito_note = "applied"

@@ -45,6 +45,7 @@ from scvae.errors import InputError
 from scvae.io import _labels_from_column, _make_names_unique, _plain_dicts, check_counts
 from scvae.ondisk import H5CSR, CSRWriter, row_chunks
 from scvae.preprocess import (
+    _apply_cell_filters,
     _hvg_needed,
     _log_removed,
     _Plan,
@@ -183,7 +184,7 @@ def preprocess_h5ad_backed(
         _log_removed(source, "with no counts", before, plan.shape)
         _require_nonempty(plan, source, "1_drop_empty", settings, before)
         plan.n_mito_genes = int((is_mito & plan.genes).sum())
-        _plan_cells(plan, n_det, totals, mito, settings, source)
+        _apply_cell_filters(plan, n_det, totals, mito, settings, source)
         if not np.array_equal(plan.cells, cells_step2):  # the two cell filters disagree
             raise RuntimeError("internal error: streamed cell filter differs from the plan")
         before = plan.shape
@@ -365,35 +366,6 @@ def _cell_filter(n_det, totals, mito, settings, has_mito) -> np.ndarray:
         fraction = np.divide(mito, totals, out=np.zeros_like(mito), where=totals > 0)
         ok &= fraction <= settings["max_mito_fraction"]
     return ok
-
-
-def _plan_cells(plan, n_det, totals, mito, settings, source) -> None:
-    """:func:`scvae.preprocess._plan_cell_filters` on precomputed per-cell statistics."""
-    before = plan.shape
-    failed = {"min_genes": n_det < settings["min_genes"]}
-    if settings["min_counts"] is not None:
-        failed["min_counts"] = totals < settings["min_counts"]
-    if settings["max_counts"] is not None:
-        failed["max_counts"] = totals > settings["max_counts"]
-    mito_note = "none"
-    if settings["max_mito_fraction"] is not None and plan.n_mito_genes:
-        fraction = np.divide(mito, totals, out=np.zeros_like(mito), where=totals > 0)
-        failed["max_mito_fraction"] = fraction > settings["max_mito_fraction"]
-        mito_note = "applied"
-    elif settings["max_mito_fraction"] is not None:
-        mito_note = f"skipped: no genes start with {settings['mito_prefix']!r}"
-        logger.info("%s: max_mito_fraction %s", source, mito_note)
-    removed_by = {f"failed_{k}": int((v & plan.cells).sum()) for k, v in failed.items()}
-    plan.cells &= ~np.logical_or.reduce(list(failed.values()))
-    plan.step("2_filter_cells", before, mito_filter=mito_note, **removed_by)
-    logger.info(
-        "%s: cell filters removed %d of %d cells (%s)",
-        source,
-        before[0] - plan.shape[0],
-        before[0],
-        ", ".join(f"{k}: {v}" for k, v in removed_by.items()),
-    )
-    _require_nonempty(plan, source, "2_filter_cells", settings, before)
 
 
 def _seurat_v3(X, plan, genes, mean, variance, n_obs, settings) -> tuple[np.ndarray, pd.DataFrame]:

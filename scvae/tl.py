@@ -21,7 +21,6 @@ What is written where
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -34,8 +33,9 @@ import numpy as np
 import scanpy as sc
 
 from scvae import metrics as M
-from scvae._atomic import atomic_path
 from scvae.errors import InputError
+from scvae.jsonio import jsonable as _jsonable
+from scvae.jsonio import read_json, write_json
 
 __all__ = [
     "DIAGNOSTICS_SUMMARY_KEYS",
@@ -388,66 +388,6 @@ def score(
 # --------------------------------------------------------------------------------------
 # file-to-file step
 # --------------------------------------------------------------------------------------
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types; non-finite floats become null (strict JSON has no NaN)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _null_to_nan(obj: Any) -> Any:
-    """Undo :func:`_jsonable` for storage in uns, which cannot hold None."""
-    if isinstance(obj, dict):
-        return {k: _null_to_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_null_to_nan(v) for v in obj]
-    return math.nan if obj is None else obj
-
-
-def write_json(obj: Mapping, path: str | os.PathLike) -> None:
-    """Write ``obj`` as strict JSON (NaN -> null) atomically.
-
-    Parameters
-    ----------
-    obj
-        Mapping of JSON-able values, numpy types included.
-    path
-        Destination file.
-    """
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    """Read a JSON file written by :func:`write_json`; null becomes NaN everywhere.
-
-    Parameters
-    ----------
-    path
-        The JSON file.
-
-    Returns
-    -------
-    dict
-        The content, with ``None`` replaced by ``nan`` (so it can go into ``uns``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} not found")
-    try:
-        return _null_to_nan(json.loads(path.read_text()))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path} is not valid JSON: {err}") from err
 
 
 _SCALAR = (str, bool, int, float, np.generic)
