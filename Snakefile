@@ -15,6 +15,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/diagnose.smk"
 include: "workflow/rules/cluster.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/atlas.smk"
 
 
 rule all:

@@ -130,6 +130,31 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_atlas_run(args: argparse.Namespace) -> None:
+    import torch
+
+    from scvae.atlas import run_atlas_job
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = args.runs["runs"]
+    if args.threads:
+        runs = [{**r, "settings": {**r["settings"], "threads": args.threads}} for r in runs]
+    run_atlas_job(args.input, args.output, runs, dataset=args.dataset, **args.params)
+
+
+def _cmd_atlas_report(args: argparse.Namespace) -> None:
+    from scvae.atlas import run_atlas_report
+
+    run_atlas_report(
+        args.inputs,
+        args.table,
+        args.summary,
+        remedies=args.remedies,
+        figure_dir=args.figure_dir,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``scvae`` argument parser."""
     parser = argparse.ArgumentParser(prog="scvae", description=__doc__.splitlines()[0])
@@ -192,6 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-dir", required=True, help="folder for the comparison figures")
     p.add_argument("--note", action="append", help="a note for the report (repeatable)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("atlas-run", help="train, diagnose and score one job of the atlas")
+    p.add_argument("--input", required=True, help="preprocessed .h5ad with labels")
+    p.add_argument("--output", required=True, help="records .json")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--runs", type=_json_arg, required=True, help='{"runs": [run spec, ...]}')
+    p.add_argument("--params", type=_json_arg, default={}, help="n_cells, resolution, ...")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_cmd_atlas_run)
+
+    p = sub.add_parser("atlas-report", help="atlas table, summary and figures")
+    p.add_argument("--inputs", nargs="+", required=True, help="records .json of the jobs")
+    p.add_argument("--table", required=True, help="atlas.tsv")
+    p.add_argument("--summary", required=True, help="atlas_summary.tsv")
+    p.add_argument("--remedies", default=None, help="atlas_remedies.tsv (best remedies)")
+    p.add_argument("--figure-dir", required=True, help="folder for the atlas figures")
+    p.set_defaults(func=_cmd_atlas_report)
     return parser
 
 

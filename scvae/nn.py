@@ -48,6 +48,45 @@ class MLP(nn.Sequential):
         self.n_out = width
 
 
+class ZSkipMLP(nn.Module):
+    """Decoder MLP whose every layer also receives its input (Skip-VAE, Dieng et al. 2019).
+
+    Layer ``l`` computes ``ReLU(BN(W_l h_{l-1} + U_l z))``: z reaches every layer
+    directly, so depth cannot wash it out.
+
+    Parameters
+    ----------
+    n_in
+        Width of z.
+    n_hidden
+        Width of every hidden layer.
+    n_layers
+        Number of hidden layers (0 gives the identity).
+    """
+
+    def __init__(self, n_in: int, n_hidden: int, n_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in if i == 0 else n_hidden, n_hidden) for i in range(n_layers)
+        )
+        # The first layer already sees z.
+        self.z_inputs = nn.ModuleList(
+            nn.Linear(n_in, n_hidden, bias=False) for _ in range(max(n_layers - 1, 0))
+        )
+        self.norms = nn.ModuleList(
+            nn.BatchNorm1d(n_hidden, momentum=0.01, eps=1e-3) for _ in range(n_layers)
+        )
+        self.n_out = n_hidden if n_layers > 0 else n_in
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Return the last hidden layer."""
+        h = z
+        for i, (layer, norm) in enumerate(zip(self.layers, self.norms, strict=True)):
+            pre = layer(h) if i == 0 else layer(h) + self.z_inputs[i - 1](z)
+            h = torch.relu(norm(pre))
+        return h
+
+
 class GaussianHead(nn.Module):
     """Map a hidden representation to the mean and standard deviation of a Normal.
 

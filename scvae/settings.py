@@ -37,6 +37,23 @@ class TrainConfig:
         Cyclical schedule settings.
     free_bits
         Floor lambda (nats) on the batch-mean KL of each latent dimension.
+    aggressive_epochs
+        Aggressive inference-network training (He et al. 2019, "Lagging inference
+        networks"): for up to this many epochs, every decoder step is preceded by
+        encoder-only steps on fresh minibatches until the encoder loss stops improving
+        (at most ``aggressive_steps``). The phase ends earlier when the mutual
+        information of the validation cells stops increasing. 0 turns it off.
+    aggressive_steps
+        Most encoder-only steps per decoder step in the aggressive phase.
+    calibrated_dispersion
+        Set the per-gene inverse dispersion at every step from the current fit instead
+        of learning it by gradient descent: a moving average (in log space) of the
+        method-of-moments estimate ``mean(mu^2) / mean((x - mu)^2 - mu)`` over the
+        minibatch, with ``mu`` the decoder's means at the posterior means (a
+        "calibrated decoder", Rybkin et al. 2021). A dispersion learned by small steps
+        lags behind the fit; started far too large it mutes the reconstruction term
+        and the code collapses before it recovers (the vicious cycle). Needs
+        ``dispersion: gene`` and a learned NB/ZINB dispersion.
     val_fraction
         Share of cells held out for validation and early stopping.
     early_stopping, patience, min_delta
@@ -64,6 +81,9 @@ class TrainConfig:
     n_cycles: int = 4
     cycle_ratio: float = 0.5
     free_bits: float = 0.0
+    aggressive_epochs: int = 0
+    aggressive_steps: int = 20
+    calibrated_dispersion: bool = False
     val_fraction: float = 0.1
     early_stopping: bool = True
     patience: int = 30
@@ -86,6 +106,8 @@ class TrainConfig:
             "clip_norm": (self.clip_norm >= 0, "must be >= 0 (0 turns clipping off)"),
             "beta": (self.beta >= 0, "must be >= 0"),
             "free_bits": (self.free_bits >= 0, "must be >= 0 nats (0 turns free bits off)"),
+            "aggressive_epochs": (self.aggressive_epochs >= 0, "must be >= 0 (0 turns it off)"),
+            "aggressive_steps": (self.aggressive_steps >= 1, "must be >= 1"),
             "val_fraction": (0 <= self.val_fraction < 1, "must be in [0, 1)"),
             "warmup_fraction": (0 <= self.warmup_fraction <= 1, "must be in [0, 1]"),
             "n_cycles": (self.n_cycles >= 1, "must be >= 1"),

@@ -69,6 +69,8 @@ class _State:
     bad_epochs: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
+    aggressive: bool = True
+    best_val_mi: float = -math.inf
     history: list[dict] = field(default_factory=list)
 
 
@@ -87,6 +89,95 @@ def _evaluate(
             n += x.shape[0]
     module.train()
     return dict(zip(("elbo", "recon", "kl"), (sums / max(n, 1)).tolist(), strict=True))
+
+
+def _validation_mi(module: VAE, loader: CountBatches, device: torch.device) -> float:
+    """Mutual information I(x; z) over the validation cells (the aggressive phase's stop)."""
+    from scvae.diagnostics import mutual_information
+
+    module.eval()
+    locs, scales = [], []
+    with torch.no_grad():
+        for x in loader.epoch(0, device):
+            qz = module.inference(x)["qz"]
+            locs.append(qz.loc.double().cpu())
+            scales.append(qz.scale.double().cpu())
+    module.train()
+    mi = mutual_information(torch.cat(locs), torch.cat(scales), n_samples_per_dim=200)
+    return float(mi["mi"])
+
+
+def _step(loss: torch.Tensor, params: list, optimizer, clip_norm: float) -> None:
+    """One optimizer step on ``params`` only (the others get no gradient and stay put)."""
+    params = [p for p in params if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    if clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+
+
+def _encoder_steps(
+    module: VAE,
+    elbo: FreeBitsELBO,
+    batches,
+    weight: float,
+    optimizer,
+    cfg,
+) -> None:
+    """Encoder-only steps on fresh minibatches until the loss stops improving.
+
+    He et al. (2019) check convergence every few steps; here: stop when the mean loss
+    of the last 5 steps is not below that of the 5 before, or after ``aggressive_steps``.
+    """
+    params = module.inference_parameters()
+    losses: list[float] = []
+    for _ in range(cfg.aggressive_steps):
+        x = next(batches)
+        loss = elbo.loss_from_terms(elbo.terms(module.model, module.guide, x, weight))
+        if not torch.isfinite(loss):
+            return
+        _step(loss, params, optimizer, cfg.clip_norm)
+        losses.append(loss.item())
+        if len(losses) >= 10 and np.mean(losses[-5:]) >= np.mean(losses[-10:-5]):
+            return
+
+
+def _endless(loader: CountBatches, seed_epoch: int, device: torch.device):
+    """Minibatches from an endless sequence of reshuffled epochs (the encoder's inner loop)."""
+    epoch = seed_epoch
+    while True:
+        yield from loader.epoch(epoch, device)
+        epoch += 1
+
+
+# Moving-average weight of the newest moment estimate, and the range of theta it may take
+# (as the dispersion of a near-Poisson gene, a negative excess variance, is unbounded).
+_CALIBRATION_RATE = 0.1
+_THETA_RANGE = (1e-4, 1e4)
+
+
+def _check_calibration(module: VAE) -> None:
+    c = module.config
+    if c.likelihood == "poisson" or c.theta > 0 or c.dispersion != "gene":
+        raise ValueError(
+            "training setting calibrated_dispersion=True needs a learned per-gene dispersion "
+            f"(likelihood nb or zinb, theta 0, dispersion gene); got likelihood="
+            f"{c.likelihood!r}, theta={c.theta}, dispersion={c.dispersion!r}"
+        )
+
+
+def _calibrate_dispersion(module: VAE, x: torch.Tensor) -> None:
+    """Move log theta towards its per-gene moment estimate given the current decoder."""
+    with torch.no_grad():
+        q = module.inference(x)
+        library = q["ql"].loc.exp() if q["ql"] is not None else module.library(x)
+        mu = module.generative(q["qz"].loc, library, x)["log_mu"].exp()
+        excess = ((x - mu) ** 2 - mu).mean(0)
+        moment = (mu**2).mean(0) / excess.clamp(min=1e-12)
+        estimate = moment.clamp(*_THETA_RANGE).log()
+        log_theta = module.px_log_theta
+        log_theta.lerp_(estimate, _CALIBRATION_RATE)
 
 
 def _save_checkpoint(path: Path, module, optimizer, state: _State, run_hash: str) -> None:
@@ -210,6 +301,10 @@ def train(
     )
     val_loader = CountBatches(X, val_idx, max(cfg.batch_size, 1024)) if len(val_idx) else None
 
+    if cfg.calibrated_dispersion:
+        _check_calibration(module)
+        # Set by _calibrate_dispersion, not by the optimizer.
+        module.px_log_theta.requires_grad_(False)
     # foreach: the multi-tensor Adam, the same arithmetic per tensor (bit-identical on
     # CPU, where torch does not pick it by default) with fewer Python-level operations.
     optimizer = torch.optim.Adam(
@@ -260,8 +355,14 @@ def train(
         sums = np.zeros(4)
         n = 0
         module.train()
+        aggressive = state.aggressive and epoch < cfg.aggressive_epochs
+        if aggressive:
+            # Seeded per epoch, apart from the epochs' own shuffles: resumes stay exact.
+            inner = _endless(train_loader, 1_000_003 * (epoch + 1), device)
         for x in train_loader.epoch(epoch, device):
             weight = schedule(state.step)
+            if aggressive:
+                _encoder_steps(module, elbo, inner, weight, optimizer, cfg)
             t = elbo.terms(module.model, module.guide, x, weight)
             loss = elbo.loss_from_terms(t)
             if not torch.isfinite(loss):
@@ -271,11 +372,16 @@ def train(
                     "input may not be raw counts; lower lr or check the input"
                     + _checkpoint_note(ckpt)
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
-            optimizer.step()
+            if aggressive:
+                _step(loss, module.generative_parameters(), optimizer, cfg.clip_norm)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
+                optimizer.step()
+            if cfg.calibrated_dispersion:
+                _calibrate_dispersion(module, x)
             state.step += 1
             with torch.no_grad():
                 b = x.shape[0]
@@ -289,6 +395,13 @@ def train(
                 n += b
         train_loss, train_elbo, train_recon, train_kl = (sums / n).tolist()
         val = _evaluate(module, elbo, val_loader, device) if val_loader else {}
+        if aggressive:
+            # He et al.: leave the aggressive phase once the code's MI stops rising.
+            mi = _validation_mi(module, val_loader or train_loader, device)
+            if mi <= state.best_val_mi:
+                state.aggressive = False
+                log.info("aggressive phase ends after epoch %d (MI %.3f nats)", epoch + 1, mi)
+            state.best_val_mi = max(state.best_val_mi, mi)
         state.seconds += time.perf_counter() - started
         state.epoch = epoch + 1
         state.history.append(
@@ -304,6 +417,7 @@ def train(
                 "val_recon": val.get("recon", math.nan),
                 "val_kl": val.get("kl", math.nan),
                 "theta_median": _theta_median(module),
+                "aggressive": aggressive,
                 "seconds": state.seconds,
             }
         )

@@ -11,7 +11,7 @@ from pyro import poutine
 from torch import nn
 
 from scvae.distributions import LIKELIHOODS, count_distribution
-from scvae.nn import MLP, GaussianHead
+from scvae.nn import MLP, GaussianHead, ZSkipMLP
 
 DISPERSIONS = ("gene", "gene-cell")
 LIBRARIES = ("observed", "latent")
@@ -56,6 +56,14 @@ class VAEConfig:
         ``"none"``; ``"ungated"``: the decoder's last hidden layer also receives a summary
         of x (bypasses z); ``"gated"``: that summary is multiplied by a sigmoid gate
         computed from z alone.
+    skip_dropout
+        Probability that a cell's skip path is switched off in a training step (inverted
+        dropout on the whole path, per cell). For those cells only z can carry the
+        information, and the encoder cannot tell which cells they are, so z has to
+        encode every cell.
+    z_skip
+        Feed z to every decoder layer and to the output layer (Skip-VAE, Dieng et al.
+        2019), so that deep decoders cannot wash z out.
     encoder_input
         What the encoder sees: ``"log1p"`` of the raw counts (as scVI), or
         ``"normalized"``: ``log1p`` of counts scaled to 10,000 per cell, so that the
@@ -80,6 +88,8 @@ class VAEConfig:
     theta_init: float = 1.0
     library: str = "observed"
     skip: str = "none"
+    skip_dropout: float = 0.0
+    z_skip: bool = False
     bn_gamma: float = 0.0
     encoder_input: str = "log1p"
 
@@ -99,6 +109,10 @@ class VAEConfig:
         for name in ("theta", "bn_gamma", "dropout", "decoder_hidden", "decoder_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model setting {name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.skip_dropout < 1:
+            raise ValueError(
+                f"model setting skip_dropout must be in [0, 1), got {self.skip_dropout}"
+            )
         if self.theta_init <= 0:
             raise ValueError(f"model setting theta_init must be > 0, got {self.theta_init}")
 
@@ -144,8 +158,13 @@ class VAE(nn.Module):
 
         # Generative network.
         dec_hidden = c.decoder_hidden or c.n_hidden
-        self.decoder = MLP(c.n_latent, dec_hidden, c.decoder_layers)
+        if c.z_skip:
+            self.decoder = ZSkipMLP(c.n_latent, dec_hidden, c.decoder_layers)
+        else:
+            self.decoder = MLP(c.n_latent, dec_hidden, c.decoder_layers)
         self.px_rho = nn.Linear(self.decoder.n_out, c.n_input)
+        if c.z_skip and c.decoder_layers > 0:
+            self.px_rho_z = nn.Linear(c.n_latent, c.n_input, bias=False)
         if c.skip != "none":
             self.skip_net = nn.Sequential(nn.Linear(c.n_input, self.decoder.n_out), nn.ReLU())
         if c.skip == "gated":
@@ -158,6 +177,21 @@ class VAE(nn.Module):
                 self.px_log_theta_head = nn.Linear(self.decoder.n_out, c.n_input)
         if c.likelihood == "zinb":
             self.px_zi = nn.Linear(self.decoder.n_out, c.n_input)
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the inference network (encoder and posterior heads)."""
+        parts = [self.encoder, self.qz_head]
+        if self.config.library == "latent":
+            parts.append(self.ql_head)
+        params = [p for part in parts for p in part.parameters()]
+        if self.config.bn_gamma > 0:
+            params.append(self.qz_bn_shift)
+        return params
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the generative network (everything but the inference network)."""
+        inference = {id(p) for p in self.inference_parameters()}
+        return [p for p in self.parameters() if id(p) not in inference]
 
     # ----------------------------------------------------------------- inference
     def inference(self, x: torch.Tensor) -> dict[str, torch.distributions.Normal | None]:
@@ -214,16 +248,25 @@ class VAE(nn.Module):
             ``px``: count distribution with batch shape (..., cells, genes);
             ``log_mu``: log of its mean, the natural output to differentiate.
         """
+        c = self.config
         batch_shape = z.shape[:-1]
-        h = self.decoder(z.reshape(-1, self.n_latent))
-        if self.config.skip != "none":
+        z_flat = z.reshape(-1, self.n_latent)
+        h = self.decoder(z_flat)
+        if c.skip != "none":
             if x is None:
                 raise ValueError("a decoder with a skip path needs the counts x")
-            s = self.skip_net(torch.log1p(x)).expand(*batch_shape, -1).reshape(h.shape)
-            if self.config.skip == "gated":
-                s = torch.sigmoid(self.skip_gate(z.reshape(-1, self.n_latent))) * s
+            s = self.skip_net(torch.log1p(x))
+            if c.skip_dropout > 0 and self.training:
+                keep = torch.rand(s.shape[0], 1, device=s.device) >= c.skip_dropout
+                s = s * keep / (1.0 - c.skip_dropout)
+            s = s.expand(*batch_shape, -1).reshape(h.shape)
+            if c.skip == "gated":
+                s = torch.sigmoid(self.skip_gate(z_flat)) * s
             h = h + s
-        log_rho = torch.log_softmax(self.px_rho(h), dim=-1).reshape(*batch_shape, self.n_input)
+        logits = self.px_rho(h)
+        if c.z_skip and c.decoder_layers > 0:
+            logits = logits + self.px_rho_z(z_flat)
+        log_rho = torch.log_softmax(logits, dim=-1).reshape(*batch_shape, self.n_input)
         log_mu = log_rho + torch.log(library)
         log_theta = self.log_theta(h, batch_shape)
         zi_logits = None

@@ -38,10 +38,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DPI = 120
-_SCORE_METRICS = ["kmeans_ari", "kmeans_nmi", "leiden_ari", "leiden_nmi"]
+# The posterior-draw score is the one to trust for collapse (scvae.tl.posterior_sample_scores).
+_SCORE_METRICS = ["kmeans_ari", "kmeans_ari_sample", "kmeans_nmi", "leiden_ari", "leiden_nmi"]
 _UNLABELLED_METRICS = ["silhouette", "modularity"]
 _METRIC_NAMES = {
     "kmeans_ari": "KMeans ARI",
+    "kmeans_ari_sample": "KMeans ARI (posterior draw)",
     "kmeans_nmi": "KMeans NMI",
     "leiden_ari": "Leiden ARI",
     "leiden_nmi": "Leiden NMI",
