@@ -299,9 +299,8 @@ def _run_one(
     source: str,
 ) -> dict:
     """Train, diagnose and score one model on ``adata``."""
-    from scvae import metrics as M
     from scvae.diagnostics import diagnose
-    from scvae.tl import leiden_labels, posterior_sample_scores
+    from scvae.tl import label_scores, posterior_sample_scores
     from scvae.train import train
 
     started = time.perf_counter()
@@ -310,8 +309,7 @@ def _run_one(
     diag = diagnose(model, adata, seed=seed, **(diagnostics or {}))
     loc, scale = model.get_latent(adata, return_scale=True)
     labels = adata.obs[label_key].astype(str).to_numpy()
-    km = M.kmeans_ari_nmi(loc, labels, rng=seed)
-    clusters = leiden_labels(loc, resolution=resolution, n_neighbors=n_neighbors, seed=seed)
+    means = label_scores(loc, labels, resolution=resolution, n_neighbors=n_neighbors, seed=seed)
     sample = posterior_sample_scores(
         loc, scale, labels, resolution=resolution, n_neighbors=n_neighbors, seed=seed
     )
@@ -333,10 +331,7 @@ def _run_one(
         "kl_per_dim": diag["kl_per_dim"],
         "mi_per_dim": diag["mi_per_dim"],
         "sensitivity_per_dim": diag["sensitivity_per_dim"],
-        "kmeans_ari": km["ari"],
-        "kmeans_nmi": km["nmi"],
-        "leiden_ari": M.ari(labels, clusters),
-        "leiden_nmi": M.nmi(labels, clusters),
+        **means,
         **sample,
         "history": {
             col: history[col].tolist()

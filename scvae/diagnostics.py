@@ -960,12 +960,16 @@ def _builtin(obj: Any) -> Any:
 
 
 @torch.no_grad()
-def _encode(module: VAE, X: sp.csr_matrix, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _encode(
+    module: VAE, X: sp.csr_matrix, batch_size: int, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior means and scales (float64) of ``rows`` of ``X`` (all rows by default)."""
     device = _module_device(module)
     dtype = next(module.parameters()).dtype
+    rows = np.arange(X.shape[0]) if rows is None else rows
     locs, scales = [], []
     with _EvalMode(module):
-        for x in CountBatches(X, np.arange(X.shape[0]), batch_size).epoch(0, device):
+        for x in CountBatches(X, rows, batch_size).epoch(0, device):
             qz = module.inference(x.to(dtype))["qz"]
             locs.append(qz.loc.double().cpu().numpy())
             scales.append(qz.scale.double().cpu().numpy())

@@ -260,6 +260,31 @@ def leiden_labels(
     return tmp.obs["leiden"].astype(str).to_numpy()
 
 
+def label_scores(
+    X: np.ndarray,
+    labels: np.ndarray,
+    *,
+    resolution: float = 1.0,
+    n_neighbors: int = 15,
+    seed: int = 0,
+) -> dict[str, float]:
+    """KMeans (k = number of labels) and Leiden scores of an embedding against labels.
+
+    Returns
+    -------
+    dict
+        ``kmeans_ari``, ``kmeans_nmi``, ``leiden_ari``, ``leiden_nmi``.
+    """
+    km = M.kmeans_ari_nmi(X, labels, rng=seed)
+    clusters = leiden_labels(X, resolution=resolution, n_neighbors=n_neighbors, seed=seed)
+    return {
+        "kmeans_ari": km["ari"],
+        "kmeans_nmi": km["nmi"],
+        "leiden_ari": M.ari(labels, clusters),
+        "leiden_nmi": M.nmi(labels, clusters),
+    }
+
+
 def posterior_sample_scores(
     loc: np.ndarray,
     scale: np.ndarray,
@@ -269,7 +294,7 @@ def posterior_sample_scores(
     n_neighbors: int = 15,
     seed: int = 0,
 ) -> dict[str, float]:
-    """KMeans and Leiden scores of one draw ``z ~ q(z | x)`` per cell.
+    """:func:`label_scores` of one draw ``z ~ q(z | x)`` per cell.
 
     The posterior means of a collapsed model can keep a tiny trace of structure
     (every mean is close to 0, but KMeans and kNN graphs do not care about scale), so
@@ -300,14 +325,8 @@ def posterior_sample_scores(
     if loc.shape != scale.shape:
         raise InputError(f"posterior means {loc.shape} and scales {scale.shape} differ in shape")
     z = loc + scale * np.random.default_rng(seed).standard_normal(loc.shape)
-    km = M.kmeans_ari_nmi(z, labels, rng=seed)
-    clusters = leiden_labels(z, resolution=resolution, n_neighbors=n_neighbors, seed=seed)
-    return {
-        "kmeans_ari_sample": km["ari"],
-        "kmeans_nmi_sample": km["nmi"],
-        "leiden_ari_sample": M.ari(labels, clusters),
-        "leiden_nmi_sample": M.nmi(labels, clusters),
-    }
+    scores = label_scores(z, labels, resolution=resolution, n_neighbors=n_neighbors, seed=seed)
+    return {f"{name}_sample": value for name, value in scores.items()}
 
 
 def _cluster_columns(adata: ad.AnnData, cluster_keys: Mapping[str, str] | None) -> dict:

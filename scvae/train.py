@@ -91,20 +91,12 @@ def _evaluate(
     return dict(zip(("elbo", "recon", "kl"), (sums / max(n, 1)).tolist(), strict=True))
 
 
-def _validation_mi(module: VAE, loader: CountBatches, device: torch.device) -> float:
-    """Mutual information I(x; z) over the validation cells (the aggressive phase's stop)."""
-    from scvae.diagnostics import mutual_information
+def _validation_mi(module: VAE, X, rows: np.ndarray, batch_size: int) -> float:
+    """Mutual information I(x; z) over ``rows`` of ``X`` (the aggressive phase's stop)."""
+    from scvae.diagnostics import _encode, mutual_information
 
-    module.eval()
-    locs, scales = [], []
-    with torch.no_grad():
-        for x in loader.epoch(0, device):
-            qz = module.inference(x)["qz"]
-            locs.append(qz.loc.double().cpu())
-            scales.append(qz.scale.double().cpu())
-    module.train()
-    mi = mutual_information(torch.cat(locs), torch.cat(scales), n_samples_per_dim=200)
-    return float(mi["mi"])
+    loc, scale = _encode(module, X, batch_size, rows)
+    return float(mutual_information(loc, scale, n_samples_per_dim=200)["mi"])
 
 
 def _step(loss: torch.Tensor, params: list, optimizer, clip_norm: float) -> None:
@@ -397,7 +389,8 @@ def train(
         val = _evaluate(module, elbo, val_loader, device) if val_loader else {}
         if aggressive:
             # He et al.: leave the aggressive phase once the code's MI stops rising.
-            mi = _validation_mi(module, val_loader or train_loader, device)
+            rows = val_idx if len(val_idx) else train_idx
+            mi = _validation_mi(module, X, rows, max(cfg.batch_size, 1024))
             if mi <= state.best_val_mi:
                 state.aggressive = False
                 log.info("aggressive phase ends after epoch %d (MI %.3f nats)", epoch + 1, mi)
