@@ -141,16 +141,26 @@ def atlas_runs(config: Mapping) -> list[AtlasRun]:
     remedies = atlas.get("remedies", {})
     runs: list[AtlasRun] = []
     for mech, spec in atlas["mechanisms"].items():
+        # A mechanism's own base (e.g. longer training) applies to its sweep and remedies.
+        mech_base = {**base, **_check_settings(spec.get("base", {}), f"mechanism {mech} base")}
         points = mechanism_points(mech, spec)
         for i, (point, value, settings) in enumerate(points):
-            runs.append(AtlasRun("sweep", mech, point, "none", i, value, {**base, **settings}))
+            runs.append(AtlasRun("sweep", mech, point, "none", i, value, {**mech_base, **settings}))
         collapse = collapse_point(mech, spec)
         i, value, settings = next((i, v, s) for i, (p, v, s) in enumerate(points) if p == collapse)
-        own = {**remedies, **spec.get("remedies", {})}
+        chosen = spec.get("global_remedies", list(remedies))
+        unknown = sorted(set(chosen) - set(remedies))
+        if unknown:
+            raise ValueError(
+                f"atlas config mechanism {mech}: global_remedies {unknown} are not in remedies"
+            )
+        own = {**{r: remedies[r] for r in chosen}, **spec.get("remedies", {})}
         for r, (remedy, extra) in enumerate(own.items()):
             extra = _check_settings(extra or {}, f"remedy {remedy}")
             runs.append(
-                AtlasRun("remedy", mech, collapse, remedy, r, value, {**base, **settings, **extra})
+                AtlasRun(
+                    "remedy", mech, collapse, remedy, r, value, {**mech_base, **settings, **extra}
+                )
             )
     variants = config.get("variants", {})
     references = [("healthy", atlas["healthy"])]

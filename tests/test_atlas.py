@@ -86,6 +86,30 @@ def test_grid_expands_sweeps_remedies_and_healthy_reference():
     assert [r["point"] for r in jobs["sweep.skip"]] == ["none", "ungated"]
 
 
+def test_mechanism_base_and_global_remedy_subset():
+    config = _config()
+    skip = config["atlas"]["mechanisms"]["skip"]
+    skip["base"] = {"batch_size": 32}
+    skip["global_remedies"] = ["none"]
+    by_name = {r.name: r for r in atlas_runs(config)}
+    # The mechanism's base reaches its sweep and remedies, and only those.
+    assert by_name["sweep.skip.none"].settings["batch_size"] == 32
+    assert by_name["remedy.skip.dropout"].settings["batch_size"] == 32
+    assert "batch_size" not in by_name["remedy.kl_weight.none"].settings
+    assert "batch_size" not in by_name["healthy"].settings
+    # Only the chosen global remedies run on it; its own remedies still do.
+    assert "remedy.skip.linear" not in by_name
+    assert {"remedy.skip.none", "remedy.skip.dropout", "remedy.kl_weight.linear"} <= set(by_name)
+
+    skip["global_remedies"] = ["none", "cyclical"]
+    with pytest.raises(ValueError, match=r"global_remedies \['cyclical'\]"):
+        atlas_runs(config)
+    skip["global_remedies"] = ["none"]
+    skip["base"] = {"bogus": 1}
+    with pytest.raises(ValueError, match=r"mechanism skip base: unknown setting"):
+        atlas_runs(config)
+
+
 def test_grid_errors_name_the_problem():
     with pytest.raises(ValueError, match="collapse 3"):
         collapse_point("kl_weight", {"knob": "beta", "values": [1, 2], "collapse": 3})
