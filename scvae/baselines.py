@@ -109,17 +109,23 @@ def _counts(adata: ad.AnnData) -> sp.csr_matrix | np.ndarray:
     return counts
 
 
+def median_library_size(adata: ad.AnnData) -> float:
+    """Median total count per cell (``layers["counts"]``, else ``X``)."""
+    return float(np.median(np.asarray(_counts(adata).sum(axis=1)).ravel()))
+
+
 def pca_embedding(
     adata: ad.AnnData,
     *,
     n_components: int,
-    target_sum: float = 1e4,
+    target_sum: float | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """PCA of log-normalized counts, the standard scanpy baseline.
 
     On a private copy of the counts (``layers["counts"]``, else ``X``):
-    :func:`scanpy.pp.normalize_total` to ``target_sum``, :func:`scanpy.pp.log1p`,
+    :func:`scanpy.pp.normalize_total` to ``target_sum`` (scanpy's default: the median
+    library size, see :func:`median_library_size`), :func:`scanpy.pp.log1p`,
     :func:`scanpy.pp.pca` with ``n_comps=n_components`` on all genes (no HVG
     selection and no scaling: the inputs are already restricted to variable genes).
     ``adata`` is not modified; the caller decides where the result goes
@@ -132,7 +138,9 @@ def pca_embedding(
     n_components
         Number of principal components.
     target_sum
-        Library size after normalization.
+        Library size after normalization; ``None``: the median library size. A fixed
+        1e4 (the PBMC 3k tutorial's value) inflates shallow data: on worm neurons
+        (median 35 counts per cell) it drops the KMeans ARI of PCA 10 from 0.54 to 0.35.
     seed
         ``random_state`` for PCA (only used by randomized solvers).
 
@@ -153,6 +161,8 @@ def pca_embedding(
         obs=pd.DataFrame(index=adata.obs_names.copy()),
         var=pd.DataFrame(index=adata.var_names.copy()),
     )
+    if target_sum is None:
+        target_sum = median_library_size(adata)
     sc.pp.normalize_total(work, target_sum=target_sum)
     sc.pp.log1p(work)
     sc.pp.pca(work, n_comps=n_components, random_state=seed)
@@ -275,8 +285,10 @@ def run_baseline(
     start = time.perf_counter()
     try:
         if method == "pca":
-            record["target_sum"] = 1e4
-            emb = pca_embedding(adata, n_components=n_components, seed=seed)
+            record["target_sum"] = median_library_size(adata)
+            emb = pca_embedding(
+                adata, n_components=n_components, target_sum=record["target_sum"], seed=seed
+            )
         else:
             record["gene_likelihood"] = "nb"
             if max_epochs is not None:

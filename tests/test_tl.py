@@ -59,6 +59,24 @@ def test_pca_embedding_leaves_input_untouched(pbmc_counts):
     assert "log1p" not in pbmc_counts.uns
 
 
+def test_pca_normalizes_to_the_median_library_like_scanpy(pbmc_counts):
+    import scanpy as sc
+
+    median = baselines.median_library_size(pbmc_counts)
+    totals = np.asarray(pbmc_counts.X.sum(axis=1)).ravel()
+    assert median == float(np.median(totals))
+    # scanpy's own default (target_sum=None) is the median: the embeddings agree.
+    ref = pbmc_counts.copy()
+    sc.pp.normalize_total(ref)
+    sc.pp.log1p(ref)
+    sc.pp.pca(ref, n_comps=5, random_state=0)
+    emb = baselines.pca_embedding(pbmc_counts, n_components=5)
+    assert np.allclose(np.abs(emb), np.abs(ref.obsm["X_pca"]), atol=1e-3)
+    # ... and differ from a fixed 1e4 per cell.
+    fixed = baselines.pca_embedding(pbmc_counts, n_components=5, target_sum=1e4)
+    assert not np.allclose(np.abs(emb), np.abs(fixed), atol=1e-3)
+
+
 def test_baseline_variant_names():
     assert baselines.baseline_variant("pca", 10) == "pca10"
     assert baselines.parse_baseline_variant("pca50") == ("pca", 50)
@@ -165,6 +183,7 @@ def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
     assert written.obsm["X_scvae"].shape == (N_CELLS, 10)
     assert written.uns["scvae"]["baseline"]["method"] == "pca"
     assert written.uns["scvae"]["baseline"]["n_components"] == 10
+    assert rec["target_sum"] == baselines.median_library_size(pbmc_counts)
     assert sp.issparse(written.X) and written.X.max() == pbmc_counts.X.max()  # X untouched
 
     out_h5ad, out_json = tmp_path / "final.h5ad", tmp_path / "metrics.json"
