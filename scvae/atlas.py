@@ -235,6 +235,7 @@ def run_atlas_job(
     label_key: str = "label",
     resolution: float = 1.0,
     n_neighbors: int = 15,
+    kmeans_fits: int = 5,
     diagnostics: Mapping | None = None,
 ) -> list[dict]:
     """Train the atlas models of one job and write their records as a JSON list.
@@ -253,6 +254,8 @@ def run_atlas_job(
         Cells of the fixed random subset (the same for every run on this input).
     label_key, resolution, n_neighbors
         Labels column and Leiden settings.
+    kmeans_fits
+        KMeans fits averaged in the KMeans scores (:func:`scvae.tl.label_scores`).
     diagnostics
         Keyword arguments of :func:`scvae.diagnostics.diagnose`.
 
@@ -279,6 +282,7 @@ def run_atlas_job(
             label_key=label_key,
             resolution=resolution,
             n_neighbors=n_neighbors,
+            kmeans_fits=kmeans_fits,
             diagnostics=diagnostics,
             source=str(input_h5ad),
         )
@@ -305,6 +309,7 @@ def _run_one(
     label_key: str,
     resolution: float,
     n_neighbors: int,
+    kmeans_fits: int,
     diagnostics: Mapping | None,
     source: str,
 ) -> dict:
@@ -319,10 +324,9 @@ def _run_one(
     diag = diagnose(model, adata, seed=seed, **(diagnostics or {}))
     loc, scale = model.get_latent(adata, return_scale=True)
     labels = adata.obs[label_key].astype(str).to_numpy()
-    means = label_scores(loc, labels, resolution=resolution, n_neighbors=n_neighbors, seed=seed)
-    sample = posterior_sample_scores(
-        loc, scale, labels, resolution=resolution, n_neighbors=n_neighbors, seed=seed
-    )
+    scoring = {"resolution": resolution, "n_neighbors": n_neighbors, "kmeans_fits": kmeans_fits}
+    means = label_scores(loc, labels, seed=seed, **scoring)
+    sample = posterior_sample_scores(loc, scale, labels, seed=seed, **scoring)
     history = model.history
     return {
         "n_cells": int(adata.n_obs),

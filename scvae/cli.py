@@ -36,6 +36,18 @@ def _json_arg(text: str) -> dict:
     return value
 
 
+def _target_sum_arg(text: str) -> float | None:
+    if text == "median":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected 'median' or a positive number, got {text!r}")
+    return value
+
+
 def _setup_logging(log_file: str | None, verbose: bool) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
@@ -100,7 +112,12 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
     from scvae.baselines import run_baseline
 
     run_baseline(
-        args.input, args.output, method=args.method, n_components=args.n_components, seed=args.seed
+        args.input,
+        args.output,
+        method=args.method,
+        n_components=args.n_components,
+        seed=args.seed,
+        target_sum=args.target_sum,
     )
 
 
@@ -198,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=["pca", "scvi"])
     p.add_argument("--n-components", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--target-sum",
+        type=_target_sum_arg,
+        default=None,
+        help="PCA: counts per cell after normalize_total, or 'median' (the default)",
+    )
     p.set_defaults(func=_cmd_baseline)
 
     p = sub.add_parser("cluster", help="kNN graph, Leiden, UMAP and scores on the latent")

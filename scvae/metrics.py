@@ -261,13 +261,19 @@ def kmeans_ari_nmi(
     n_clusters: int | None = None,
     rng: np.random.Generator | int = 0,
     n_init: int = 10,
+    n_repeats: int = 5,
 ) -> dict[str, float]:
     """ARI and NMI between the labels and a KMeans clustering of the embedding.
 
     Follows scib-metrics' ``nmi_ari_cluster_labels_kmeans``: KMeans with as many
-    clusters as labels, then :func:`ari` and :func:`nmi`. Deviation: scib-metrics uses
+    clusters as labels, then :func:`ari` and :func:`nmi`. Deviations: scib-metrics uses
     a single JAX KMeans run; here sklearn's KMeans with ``n_init`` restarts
-    (k-means++), seeded from ``rng``.
+    (k-means++), and the scores are averaged over ``n_repeats`` such fits with seeds
+    ``s, s + 1, ...`` (``s`` from ``rng``). The average is there because real
+    embeddings have several KMeans optima of nearly equal inertia that agree with the
+    labels to different degrees: on the worm-neuron PCA 10 embedding the ARI of single
+    fits moves between 0.47 and 0.54 with the seed alone, more than most differences
+    between model variants.
 
     Parameters
     ----------
@@ -280,12 +286,14 @@ def kmeans_ari_nmi(
     rng
         Generator or seed for KMeans (an int is used as ``random_state`` directly).
     n_init
-        Number of KMeans restarts; the best inertia wins.
+        Number of KMeans restarts within one fit; the best inertia wins.
+    n_repeats
+        Number of KMeans fits (each with ``n_init`` restarts) whose scores are averaged.
 
     Returns
     -------
     dict
-        ``{"ari": float, "nmi": float}``.
+        ``{"ari": float, "nmi": float}``: means over the fits.
     """
     X = _as_embedding(X)
     codes = _as_labels(labels)
@@ -293,9 +301,15 @@ def kmeans_ari_nmi(
     k = int(np.unique(codes).size) if n_clusters is None else int(n_clusters)
     if not 1 <= k <= X.shape[0]:
         raise ValueError(f"n_clusters must be in [1, {X.shape[0]}], got {k}")
-    km = KMeans(n_clusters=k, n_init=n_init, random_state=_seed_from(rng))
-    pred = km.fit_predict(X)
-    return {"ari": ari(codes, pred), "nmi": nmi(codes, pred)}
+    if n_repeats < 1:
+        raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
+    seed = _seed_from(rng)
+    scores = []
+    for r in range(n_repeats):
+        pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed + r).fit_predict(X)
+        scores.append((ari(codes, pred), nmi(codes, pred)))
+    mean_ari, mean_nmi = np.mean(scores, axis=0)
+    return {"ari": float(mean_ari), "nmi": float(mean_nmi)}
 
 
 # --------------------------------------------------------------------------------------

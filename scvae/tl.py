@@ -267,15 +267,18 @@ def label_scores(
     resolution: float = 1.0,
     n_neighbors: int = 15,
     seed: int = 0,
+    kmeans_fits: int = 5,
 ) -> dict[str, float]:
     """KMeans (k = number of labels) and Leiden scores of an embedding against labels.
+
+    ``kmeans_fits`` KMeans fits are averaged (:func:`metrics.kmeans_ari_nmi`).
 
     Returns
     -------
     dict
         ``kmeans_ari``, ``kmeans_nmi``, ``leiden_ari``, ``leiden_nmi``.
     """
-    km = M.kmeans_ari_nmi(X, labels, rng=seed)
+    km = M.kmeans_ari_nmi(X, labels, rng=seed, n_repeats=kmeans_fits)
     clusters = leiden_labels(X, resolution=resolution, n_neighbors=n_neighbors, seed=seed)
     return {
         "kmeans_ari": km["ari"],
@@ -293,6 +296,7 @@ def posterior_sample_scores(
     resolution: float = 1.0,
     n_neighbors: int = 15,
     seed: int = 0,
+    kmeans_fits: int = 5,
 ) -> dict[str, float]:
     """:func:`label_scores` of one draw ``z ~ q(z | x)`` per cell.
 
@@ -313,6 +317,8 @@ def posterior_sample_scores(
         Leiden settings, as in :func:`cluster`.
     seed
         Seed of the draw, KMeans and Leiden.
+    kmeans_fits
+        KMeans fits averaged in the KMeans scores.
 
     Returns
     -------
@@ -325,7 +331,14 @@ def posterior_sample_scores(
     if loc.shape != scale.shape:
         raise InputError(f"posterior means {loc.shape} and scales {scale.shape} differ in shape")
     z = loc + scale * np.random.default_rng(seed).standard_normal(loc.shape)
-    scores = label_scores(z, labels, resolution=resolution, n_neighbors=n_neighbors, seed=seed)
+    scores = label_scores(
+        z,
+        labels,
+        resolution=resolution,
+        n_neighbors=n_neighbors,
+        seed=seed,
+        kmeans_fits=kmeans_fits,
+    )
     return {f"{name}_sample": value for name, value in scores.items()}
 
 
@@ -384,6 +397,7 @@ def score(
     cluster_keys: Mapping[str, str] | None = None,
     rng: np.random.Generator | int = 0,
     knn_k: int = 15,
+    kmeans_fits: int = 5,
 ) -> dict[str, float]:
     """Score an embedding and its clusterings; store and return the metrics.
 
@@ -395,7 +409,7 @@ def score(
     - ``asw_label`` (:func:`metrics.asw_label`, rescaled to [0, 1]),
     - ``knn_purity`` (:func:`metrics.knn_purity` with ``k=knn_k``),
     - ``kmeans_ari``, ``kmeans_nmi`` (:func:`metrics.kmeans_ari_nmi`, k = number of
-      labels).
+      labels, mean over ``kmeans_fits`` fits).
 
     With labels and posterior scales in ``obsm[f"{use_rep}_scale"]`` (a VAE's
     latent), also the scores of one posterior draw per cell
@@ -424,6 +438,9 @@ def score(
         Generator or seed for KMeans and the silhouette subsample.
     knn_k
         Neighbours for kNN purity.
+    kmeans_fits
+        KMeans fits whose scores are averaged (``n_repeats`` of
+        :func:`metrics.kmeans_ari_nmi`).
 
     Returns
     -------
@@ -453,7 +470,7 @@ def score(
         Xl = X[mask]
         out["asw_label"] = M.asw_label(Xl, labels, rng=rng)
         out["knn_purity"] = M.knn_purity(Xl, labels, k=min(knn_k, Xl.shape[0] - 1))
-        km = M.kmeans_ari_nmi(Xl, labels, rng=rng)
+        km = M.kmeans_ari_nmi(Xl, labels, rng=rng, n_repeats=kmeans_fits)
         out["kmeans_ari"], out["kmeans_nmi"] = km["ari"], km["nmi"]
         scale_key = f"{use_rep}_scale"
         if scale_key in adata.obsm:
@@ -466,6 +483,7 @@ def score(
                     resolution=(params.get("resolutions") or [1.0])[0],
                     n_neighbors=params.get("n_neighbors", 15),
                     seed=M._seed_from(rng),
+                    kmeans_fits=kmeans_fits,
                 )
             )
 
@@ -484,6 +502,7 @@ def score(
         "n_labels": int(np.unique(labelled[0]).size) if labelled is not None else 0,
         "cluster_keys": dict(columns),
         "knn_k": int(knn_k),
+        "kmeans_fits": int(kmeans_fits),
     }
     logger.info(
         "score: %s; stored in uns['scvae']['cluster']['metrics']",
@@ -540,6 +559,7 @@ def run_cluster(
     *,
     resolutions: Sequence[float] = (1.0,),
     n_neighbors: int = 15,
+    kmeans_fits: int = 5,
     seed: int = 0,
     label_key: str = "label",
     use_rep: str = "X_scvae",
@@ -581,6 +601,8 @@ def run_cluster(
         Leiden resolutions, primary first.
     n_neighbors
         Neighbours per cell in the kNN graph.
+    kmeans_fits
+        KMeans fits averaged in the KMeans scores (see :func:`score`).
     seed
         Seed for the graph, Leiden, UMAP, KMeans and silhouette subsampling.
     label_key
@@ -643,7 +665,9 @@ def run_cluster(
             )
         except InputError as err:
             raise InputError(f"{input_h5ad}: {err}") from err
-        record["metrics"] = score(adata, use_rep=use_rep, label_key=label_key, rng=seed)
+        record["metrics"] = score(
+            adata, use_rep=use_rep, label_key=label_key, rng=seed, kmeans_fits=kmeans_fits
+        )
         record["cluster"] = adata.uns["scvae"]["cluster"]["params"]
         record["score"] = adata.uns["scvae"]["cluster"]["score_params"]
 

@@ -106,6 +106,24 @@ def test_kmeans_ari_nmi_separated_blobs_and_reproducible():
     assert M.kmeans_ari_nmi(X, labels, n_clusters=1)["ari"] == pytest.approx(0.0)
 
 
+def test_kmeans_scores_are_the_mean_over_seeded_fits():
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    # Overlapping blobs: KMeans optima differ between seeds, so the mean is not one fit.
+    X, labels = _blobs(spread=8.0, seed=5)
+    preds = [KMeans(3, n_init=2, random_state=7 + r).fit_predict(X) for r in range(4)]
+    expected_ari = np.mean([adjusted_rand_score(labels, p) for p in preds])
+    expected_nmi = np.mean([normalized_mutual_info_score(labels, p) for p in preds])
+    out = M.kmeans_ari_nmi(X, labels, rng=7, n_init=2, n_repeats=4)
+    assert out["ari"] == pytest.approx(expected_ari)
+    assert out["nmi"] == pytest.approx(expected_nmi)
+    single = M.kmeans_ari_nmi(X, labels, rng=7, n_init=2, n_repeats=1)
+    assert single["ari"] == pytest.approx(adjusted_rand_score(labels, preds[0]))
+    with pytest.raises(ValueError, match="n_repeats"):
+        M.kmeans_ari_nmi(X, labels, n_repeats=0)
+
+
 def _random_graph(n: int = 40, density: float = 0.15, seed: int = 0, symmetric: bool = True):
     rng = np.random.default_rng(seed)
     A = sp.random(n, n, density=density, random_state=rng, format="csr")

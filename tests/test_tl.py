@@ -13,6 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 from scvae import baselines, tl
+from scvae import metrics as M
 from scvae.errors import InputError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -205,6 +206,34 @@ def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
     # score() works again on the reloaded file (params came back as arrays)
     assert tl.score(final)["kmeans_ari"] == pytest.approx(on_disk["metrics"]["kmeans_ari"])
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_baseline_cli_target_sum_and_cluster_kmeans_fits(pbmc_counts, tmp_path):
+    from scvae import cli
+
+    src, base = tmp_path / "pre.h5ad", tmp_path / "pca10.h5ad"
+    pbmc_counts.write_h5ad(src)
+    args = ["baseline", "--input", str(src), "--output", str(base), "--method", "pca"]
+    cli.main([*args, "--n-components", "10", "--target-sum", "10000"])
+    written = ad.read_h5ad(base)
+    assert written.uns["scvae"]["baseline"]["target_sum"] == 10000.0
+    fixed = baselines.pca_embedding(pbmc_counts, n_components=10, target_sum=1e4)
+    np.testing.assert_allclose(written.obsm["X_scvae"], fixed, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--target-sum", "-3"])
+
+    labels = pbmc_counts.obs["label"].to_numpy()
+    fits = {}
+    for n in (1, 3):
+        out = tl.run_cluster(
+            base, tmp_path / f"f{n}.h5ad", tmp_path / f"m{n}.json", kmeans_fits=n, seed=4
+        )
+        assert out["score"]["kmeans_fits"] == n
+        expected = M.kmeans_ari_nmi(fixed, labels, rng=4, n_repeats=n)
+        assert out["metrics"]["kmeans_ari"] == pytest.approx(expected["ari"], abs=1e-6)
+        fits[n] = out["metrics"]["kmeans_ari"]
+    # the data have several KMeans optima, so the setting visibly changes the score
+    assert fits[1] != pytest.approx(fits[3], abs=1e-6)
 
 
 def test_run_cluster_on_trained_output_with_diagnostics_and_umap_plot(pbmc_pca, tmp_path):

@@ -68,6 +68,9 @@ def test_every_schema_key_has_a_description_and_the_settings_match_the_code(sche
         (lambda c: c["variants"]["vanilla"].update(batch_size=1), "'batch_size': 1"),
         (lambda c: c["defaults"].update(batch_size=1), "1 is less than the minimum of 2"),
         (lambda c: c["datasets"]["pbmc4k"].update(fromat="csv"), "fromat"),
+        (lambda c: c["baselines"].update(pca_target_sum="mean"), "'mean'"),
+        (lambda c: c["baselines"].update(pca_target_sum=0), "0 is not valid"),
+        (lambda c: c["cluster"].update(kmeans_fits=0), "0 is less than the minimum of 1"),
     ],
 )
 def test_schema_rejects_typos_and_bad_values(config, schema, mutate, message):

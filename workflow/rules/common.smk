@@ -276,6 +276,7 @@ def atlas_run_params(wildcards):
             "n_cells": atlas["n_cells"],
             "resolution": atlas["resolution"],
             "n_neighbors": config["cluster"]["n_neighbors"],
+            "kmeans_fits": config["cluster"]["kmeans_fits"],
             "diagnostics": atlas.get("diagnostics", {}),
         }
     )

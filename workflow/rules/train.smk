@@ -41,6 +41,11 @@ rule baseline:
             if wc.baseline.startswith("pca")
             else config["defaults"].get("n_latent", 10)
         ),
+        pca_args=lambda wc: (
+            f"--target-sum {config['baselines']['pca_target_sum']}"
+            if wc.baseline.startswith("pca")
+            else ""
+        ),
     threads: config["threads"]
     group:
         small_job_group
@@ -51,4 +56,5 @@ rule baseline:
         "../../envs/scvae.yaml"
     shell:
         "{params.cli} --log {log} baseline --input {input} --output {output.latent} "
-        "--method {params.method} --n-components {params.n_components} --seed {wildcards.seed}"
+        "--method {params.method} --n-components {params.n_components} --seed {wildcards.seed} "
+        "{params.pca_args}"
