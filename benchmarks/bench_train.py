@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import scvae  # noqa: E402
-from scvae.baselines import pca_embedding  # noqa: E402
+from scvae.baselines import parse_target_sum, pca_embedding  # noqa: E402
 from scvae.diagnostics import diagnose  # noqa: E402
 from scvae.io import read_counts  # noqa: E402
 from scvae.metrics import kmeans_ari_nmi  # noqa: E402
@@ -95,7 +95,7 @@ def main() -> None:
         emb = pca_embedding(
             adata,
             n_components=n_components,
-            target_sum=None if target_sum == "median" else float(target_sum),
+            target_sum=parse_target_sum(target_sum),
         )
         pca = kmeans_ari_nmi(emb, labels, rng=0)
         print(

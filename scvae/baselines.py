@@ -28,6 +28,7 @@ Baseline h5ad contract (written by :func:`run_baseline`)
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -112,6 +113,28 @@ def _counts(adata: ad.AnnData) -> sp.csr_matrix | np.ndarray:
 def median_library_size(adata: ad.AnnData) -> float:
     """Median total count per cell (``layers["counts"]``, else ``X``)."""
     return float(np.median(np.asarray(_counts(adata).sum(axis=1)).ravel()))
+
+
+def parse_target_sum(value: str | float) -> float | None:
+    """The ``target_sum`` of :func:`pca_embedding` from a config or command-line value.
+
+    ``"median"`` gives ``None`` (the median library size); anything else must be a
+    positive number of counts per cell.
+
+    Raises
+    ------
+    ValueError
+        For any other value.
+    """
+    if value == "median":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number > 0:
+        raise ValueError(f"expected 'median' or a positive number, got {value!r}")
+    return number
 
 
 def pca_embedding(

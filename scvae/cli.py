@@ -37,15 +37,12 @@ def _json_arg(text: str) -> dict:
 
 
 def _target_sum_arg(text: str) -> float | None:
-    if text == "median":
-        return None
+    from scvae.baselines import parse_target_sum
+
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected 'median' or a positive number, got {text!r}")
-    return value
+        return parse_target_sum(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _setup_logging(log_file: str | None, verbose: bool) -> None:

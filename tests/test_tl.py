@@ -221,6 +221,11 @@ def test_baseline_cli_target_sum_and_cluster_kmeans_fits(pbmc_counts, tmp_path):
     np.testing.assert_allclose(written.obsm["X_scvae"], fixed, rtol=1e-4, atol=1e-4)
     with pytest.raises(SystemExit):
         cli.main([*args, "--target-sum", "-3"])
+    assert baselines.parse_target_sum("median") is None
+    assert baselines.parse_target_sum(1e4) == 10000.0
+    for bad in ("mean", 0, -3):
+        with pytest.raises(ValueError, match="median"):
+            baselines.parse_target_sum(bad)
 
     labels = pbmc_counts.obs["label"].to_numpy()
     fits = {}
