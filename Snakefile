@@ -15,7 +15,12 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/diagnose.smk"
 include: "workflow/rules/cluster.smk"
 include: "workflow/rules/compare.smk"
-include: "workflow/rules/atlas.smk"
+
+# The collapse atlas: only with its grid (snakemake --cores 2 atlas --configfile config/atlas.yaml).
+if config.get("atlas"):
+
+    include: "workflow/rules/atlas_common.smk"
+    include: "workflow/rules/atlas.smk"
 
 
 rule all:

@@ -4,7 +4,7 @@ Cells are resampled from ../shared/data/pbmc4k_top2000.h5 with binomial thinning
 count kept with probability 0.9), so no two cells are identical; without the file,
 negative-binomial counts of the same size are simulated. A VAE is trained for one epoch
 (the diagnostics' cost does not depend on how well it is trained), then each measure
-is timed on the sizes :func:`scvae.diagnostics.diagnose` uses, and ``diagnose`` itself.
+is timed on the sizes :func:`scvae.diagnostics.core.diagnose` uses, and ``diagnose`` itself.
 
 Usage::
 
@@ -23,8 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scvae import diagnostics as dg
-from scvae.train import train
+from scvae.diagnostics import core as dg
+from scvae.training.loop import train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbmc4k_top2000.h5"
 

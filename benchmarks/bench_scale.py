@@ -11,9 +11,9 @@ Parts (each measurement runs in a fresh subprocess, so peak RSS is per run):
 ``throughput``
     One training epoch (``scvae.train``, ``max_epochs=1``: includes the input checks,
     the validation pass and the setup) on synthetic files of ``--sizes`` cells x 2000
-    genes (:mod:`scvae.synthetic`, written to ``--data-dir`` on first use), at each of
+    genes (:mod:`scvae.data.synthetic`, written to ``--data-dir`` on first use), at each of
     ``--batch-sizes``, with the counts in memory (``anndata.read_h5ad``) and on disk
-    (``scvae.io.read_h5ad(backed=True)``, block shuffle). Reports cells/s, seconds per
+    (``scvae.data.readers.read_h5ad(backed=True)``, block shuffle). Reports cells/s, seconds per
     1,000 cells and peak RSS against the size of the CSR arrays.
 ``compare``
     PBMC 4k (``../shared/data/pbmc4k_top2000.h5``, the workflow's preprocessing), the
@@ -32,12 +32,12 @@ Parts (each measurement runs in a fresh subprocess, so peak RSS is per run):
 ``preprocess``
     The workflow's preprocess stage (``run_preprocess``: QC plot, filters, 1,000 highly
     variable genes by seurat_v3, write) streamed from disk
-    (:mod:`scvae.preprocess_backed`) and, up to 10^5 cells, in memory.
+    (:mod:`scvae.preprocess.streamed`) and, up to 10^5 cells, in memory.
 ``batch``
     The ``recommended`` variant at batch sizes 128, 256, 512 and 1024 (everything else
     at its config value): epochs run, time, cells/s, validation ELBO, KMeans ARI.
 ``diagnostics``
-    ``scvae.diagnostics.diagnose`` (MI on 10,000 cells, IWAE K=100 on the validation
+    ``scvae.diagnostics.core.diagnose`` (MI on 10,000 cells, IWAE K=100 on the validation
     split, decoder Jacobian on 500 cells) on a model of 100,000 synthetic cells.
 
 Results go to ``--out`` (JSON) and are printed as markdown tables.
@@ -111,9 +111,9 @@ def config() -> dict:
 
 def pbmc():
     """PBMC 4k with the workflow's preprocessing, and its labels."""
-    from scvae.io import read_counts
-    from scvae.preprocess import preprocess
-    from scvae.workflow import preprocess_settings
+    from scvae.config import preprocess_settings
+    from scvae.data.readers import read_counts
+    from scvae.preprocess.memory import preprocess
 
     adata = read_counts(PBMC)
     preprocess(adata, **preprocess_settings(config()))
@@ -131,7 +131,7 @@ def scores(z, labels) -> dict:
 
 
 def worker_generate(a: dict) -> dict:
-    from scvae.synthetic import write_synthetic_h5ad
+    from scvae.data.synthetic import write_synthetic_h5ad
 
     started = time.perf_counter()
     write_synthetic_h5ad(a["path"], a["n_cells"], a["n_genes"], seed=0)
@@ -144,8 +144,8 @@ def worker_epoch(a: dict) -> dict:
     import torch
 
     import scvae
-    from scvae.io import read_h5ad
-    from scvae.workflow import resolve_variant
+    from scvae.config import resolve_variant
+    from scvae.data.readers import read_h5ad
 
     torch.set_num_threads(a["threads"])
     load0 = load()
@@ -190,12 +190,11 @@ def _torch_fit(adata, settings: dict) -> tuple[object, float, int, int]:
     import numpy as np
     import torch
 
-    from scvae.data import CountBatches
-    from scvae.model import counts_matrix
-    from scvae.models import VAE
-    from scvae.schedules import KLSchedule
-    from scvae.settings import split_settings
-    from scvae.train import split_cells
+    from scvae.data.loaders import CountBatches, counts_matrix
+    from scvae.module import VAE
+    from scvae.training.loop import split_cells
+    from scvae.training.schedules import KLSchedule
+    from scvae.training.settings import split_settings
 
     X = counts_matrix(adata)
     model_cfg, cfg = split_settings(settings, X.shape[1])
@@ -271,8 +270,8 @@ def worker_fit(a: dict) -> dict:
     if tool == "scvi":
         return _scvi_fit(adata, labels, a) | {"load_avg": [load0, load()]}
     import scvae
-    from scvae.objective import FreeBitsELBO
-    from scvae.workflow import resolve_variant
+    from scvae.config import resolve_variant
+    from scvae.training.objective import FreeBitsELBO
 
     settings = resolve_variant(config(), "recommended", a["seed"])
     if not a.get("defaults"):
@@ -361,7 +360,7 @@ def _scvi_fit(adata, labels, a: dict) -> dict:
 def worker_preprocess(a: dict) -> dict:
     """The workflow's preprocess stage on a synthetic file, streamed or in memory."""
     os.environ["SCVAE_BACKED_MIN_GB"] = "0" if a["mode"] == "streamed" else "inf"
-    from scvae.preprocess import run_preprocess
+    from scvae.preprocess.memory import run_preprocess
 
     out = Path(a["out"])
     started = time.perf_counter()
@@ -385,8 +384,8 @@ def worker_loader(a: dict) -> dict:
     import anndata
     import numpy as np
 
-    from scvae.data import BLOCK_SIZE, CountBatches
-    from scvae.ondisk import H5CSR
+    from scvae.data.loaders import BLOCK_SIZE, CountBatches
+    from scvae.data.ondisk import H5CSR
 
     n_batches = a["n_batches"]
     out = {}
@@ -413,7 +412,7 @@ def worker_diagnostics(a: dict) -> dict:
     import torch
 
     import scvae
-    from scvae import diagnostics as dg
+    from scvae.diagnostics import core as dg
 
     torch.set_num_threads(a["threads"])
     adata = anndata.read_h5ad(a["path"])

@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import scvae  # noqa: E402
-from scvae.baselines import parse_target_sum, pca_embedding  # noqa: E402
-from scvae.diagnostics import diagnose  # noqa: E402
-from scvae.io import read_counts  # noqa: E402
+from scvae.baseline import parse_target_sum, pca_embedding  # noqa: E402
+from scvae.config import preprocess_settings, resolve_variant  # noqa: E402
+from scvae.data.readers import read_counts  # noqa: E402
+from scvae.diagnostics.core import diagnose  # noqa: E402
 from scvae.metrics import kmeans_ari_nmi  # noqa: E402
-from scvae.preprocess import preprocess  # noqa: E402
-from scvae.workflow import preprocess_settings, resolve_variant  # noqa: E402
+from scvae.preprocess.memory import preprocess  # noqa: E402
 
 
 def peak_rss_mb() -> float:

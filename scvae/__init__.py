@@ -1,7 +1,20 @@
-"""scvae: collapse-free variational autoencoders for single-cell RNA-seq counts."""
+"""scvae: collapse-free variational autoencoders for single-cell RNA-seq counts.
 
-from scvae.model import SCVAE
-from scvae.train import train
+The names below load on first use, so ``import scvae`` (and parsing the Snakefile) does
+not import torch, pyro or scanpy.
+"""
+
+from scvae.utils.lazy import lazy_attributes
 
 __version__ = "0.1.0"
-__all__ = ["SCVAE", "train"]
+
+__getattr__, __dir__, __all__ = lazy_attributes(
+    __name__,
+    {
+        "SCVAE": "scvae.model",
+        "train": "scvae.training.loop",
+        "read_counts": "scvae.data.readers",
+        "read_h5ad": "scvae.data.readers",
+        "preprocess": "scvae.preprocess.memory",
+    },
+)

@@ -37,7 +37,7 @@ def _json_arg(text: str) -> dict:
 
 
 def _target_sum_arg(text: str) -> float | None:
-    from scvae.baselines import parse_target_sum
+    from scvae.baseline import parse_target_sum
 
     try:
         return parse_target_sum(text)
@@ -61,7 +61,7 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> None:
-    from scvae.preprocess import run_preprocess
+    from scvae.preprocess.memory import run_preprocess
 
     run_preprocess(
         args.input,
@@ -78,7 +78,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.train import run_train
+    from scvae.training.loop import run_train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_diagnose(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.diagnostics import run_diagnose
+    from scvae.diagnostics.core import run_diagnose
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,7 +106,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> None:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> None:
-    from scvae.baselines import run_baseline
+    from scvae.baseline import run_baseline
 
     run_baseline(
         args.input,
@@ -119,7 +119,7 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> None:
-    from scvae.tl import run_cluster
+    from scvae.cluster import run_cluster
 
     run_cluster(
         args.input,
@@ -147,7 +147,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_atlas_run(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.atlas import run_atlas_job
+    from scvae.atlas.core import run_atlas_job
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,7 +158,7 @@ def _cmd_atlas_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_atlas_report(args: argparse.Namespace) -> None:
-    from scvae.atlas import run_atlas_report
+    from scvae.atlas.core import run_atlas_report
 
     run_atlas_report(
         args.inputs,

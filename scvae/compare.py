@@ -2,7 +2,7 @@
 
 Inputs per run (one variant x seed, or one baseline):
 
-- the metrics JSON of :func:`scvae.tl.run_cluster` (required): ``status``,
+- the metrics JSON of :func:`scvae.cluster.run_cluster` (required): ``status``,
   ``metrics`` (flat), ``train`` (scalar entries of ``uns["scvae"]["train"]``) and
   ``baseline`` (``uns["scvae"]["baseline"]``, non-empty for baselines);
 - the diagnostics JSON of the diagnostics stage (optional; absent for baselines):
@@ -14,7 +14,7 @@ Inputs per run (one variant x seed, or one baseline):
 Every missing key becomes ``NaN`` (``""`` for strings), never an error. A run is given
 either as a pipeline run folder (:func:`record_from_run_dir`) or as a record mapping
 (:func:`collect`); the diagnostics come from the run's ``diagnostics.json`` when there
-is one, else from the summary that :func:`scvae.tl.run_cluster` copies into the metrics
+is one, else from the summary that :func:`scvae.cluster.run_cluster` copies into the metrics
 JSON. :func:`run_compare` also draws the comparison figures (:func:`write_figures`).
 
 Ranking score (column ``score``)
@@ -48,8 +48,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from scvae._atomic import atomic_path
 from scvae.errors import InputError
+from scvae.utils.atomic import atomic_path
 
 __all__ = [
     "COLUMNS",
@@ -218,7 +218,7 @@ def collect(run_records: Sequence[Mapping]) -> pd.DataFrame:
     ----------
     run_records
         One mapping per run with ``dataset`` (str), ``variant`` (str), ``seed`` (int),
-        ``metrics`` (path or loaded metrics JSON of :func:`scvae.tl.run_cluster`) and
+        ``metrics`` (path or loaded metrics JSON of :func:`scvae.cluster.run_cluster`) and
         optionally ``diagnostics`` and ``train`` (path, loaded mapping, or None).
 
     Returns
@@ -486,7 +486,7 @@ def write_figures(
     list of Path
         The figures written.
     """
-    from scvae.plotting import report
+    from scvae.plotting import comparison as report
 
     out = Path(figure_dir)
     paths = {name: out / f"{name}.png" for name in FIGURES}

@@ -3,7 +3,7 @@
 One metric per function, in the style of scib-metrics: ``f(X or labels, labels, ...) ->
 float``. Nothing here touches AnnData or the global random state; functions that sample
 take ``rng`` (a :class:`numpy.random.Generator` or an int seed) explicitly. The AnnData
-edge is :func:`scvae.tl.score`.
+edge is :func:`scvae.cluster.score`.
 
 Conventions
 -----------

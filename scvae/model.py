@@ -11,34 +11,16 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
-from anndata.abc import CSCDataset, CSRDataset
 
-from scvae._atomic import atomic_path
-from scvae.data import CountBatches
+from scvae.data.loaders import CountBatches, counts_matrix
+from scvae.data.ondisk import take_columns
 from scvae.errors import InputError
-from scvae.models import VAE, VAEConfig
-from scvae.ondisk import H5CSR, is_ondisk, take_columns
-from scvae.settings import TrainConfig
+from scvae.module.config import VAEConfig
+from scvae.module.vae import VAE
+from scvae.training.settings import TrainConfig
+from scvae.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
-
-
-def counts_matrix(adata: AnnData, layer: str | None = "counts") -> sp.csr_matrix:
-    """The raw counts of ``adata`` as CSR: ``layers[layer]`` when present, else ``X``.
-
-    Counts on disk (a backed AnnData's CSR ``X`` or layer, see
-    :func:`scvae.io.read_h5ad`) stay there, as a :class:`scvae.ondisk.H5CSR`.
-    """
-    X = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
-    if is_ondisk(X):
-        return X
-    if isinstance(X, CSRDataset):
-        return H5CSR(X.group)
-    if isinstance(X, CSCDataset):  # a backed CSC matrix cannot be read by rows
-        X = X.to_memory()
-    if not sp.issparse(X):
-        X = sp.csr_matrix(X)
-    return X.tocsr()
 
 
 class SCVAE:

@@ -40,7 +40,7 @@ def small_counts() -> anndata.AnnData:
 @pytest.fixture(scope="session")
 def pbmc300_h5ad(tmp_path_factory) -> Path:
     """The `.test` data set (300 real PBMC cells) preprocessed with the default filters."""
-    from scvae.preprocess import run_preprocess
+    from scvae.preprocess.memory import run_preprocess
 
     folder = tmp_path_factory.mktemp("pbmc300")
     root = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scvae import metrics as M
-from scvae.atlas import (
+from scvae.atlas.core import (
     atlas_jobs,
     atlas_runs,
     collapse_point,
@@ -21,10 +21,10 @@ from scvae.atlas import (
     subsample,
     summarize,
 )
-from scvae.models import VAE, VAEConfig
-from scvae.tl import posterior_sample_scores
+from scvae.cluster import posterior_sample_scores
+from scvae.module import VAE, VAEConfig
 
-train_module = importlib.import_module("scvae.train")
+train_module = importlib.import_module("scvae.training.loop")
 
 
 def _config(**atlas):
@@ -191,8 +191,8 @@ def test_inference_and_generative_parameters_partition_the_module():
 
 
 def test_encoder_steps_move_only_the_inference_network(small_counts):
-    from scvae.objective import FreeBitsELBO
-    from scvae.settings import TrainConfig
+    from scvae.training.objective import FreeBitsELBO
+    from scvae.training.settings import TrainConfig
 
     torch.manual_seed(0)
     vae = VAE(VAEConfig(n_input=40, n_latent=3, n_hidden=16))
@@ -294,7 +294,7 @@ def test_atlas_job_and_report_end_to_end(pbmc300_h5ad, tmp_path):
 
 
 def test_score_adds_posterior_draw_scores_when_scales_are_present(small_counts):
-    from scvae.tl import cluster, score
+    from scvae.cluster import cluster, score
 
     rng = np.random.default_rng(0)
     adata = small_counts
@@ -358,7 +358,7 @@ def test_calibrated_training_keeps_theta_out_of_the_optimizer(small_counts):
 
 
 def test_remedy_table_picks_the_best_remedy_and_checks_the_tolerance():
-    from scvae.atlas import remedy_table
+    from scvae.atlas.core import remedy_table
 
     def rows(stage, mechanism, remedy, mi, ari, seeds=(0, 1)):
         return [

@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from scvae.plotting import atlas as atlas_plots
+from scvae.atlas import figures as atlas_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATASETS = ("pbmc4k", "zeisel", "paul15")
@@ -36,7 +36,7 @@ def make_record(
     theta: float | None = 5.0,
     n_epochs: int = 5,
 ) -> dict:
-    """A run record with every key of :func:`scvae.atlas.run_atlas_job`.
+    """A run record with every key of :func:`scvae.atlas.core.run_atlas_job`.
 
     ``strength`` in [0, 1] goes from a collapsed run (0) to a healthy one (1).
     """
@@ -169,7 +169,7 @@ def all_figures(records, tmp_path_factory) -> tuple[Path, list[Path]]:
 
 
 def test_record_helper_has_every_scalar_column(records):
-    from scvae.atlas import SCALAR_COLUMNS, collect
+    from scvae.atlas.core import SCALAR_COLUMNS, collect
 
     missing = set(SCALAR_COLUMNS) - set(records[0])
     assert not missing

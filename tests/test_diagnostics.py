@@ -17,10 +17,10 @@ from pyro import poutine
 from scipy.special import logsumexp
 from torch.distributions import Normal
 
-from scvae import diagnostics as dg
+from scvae.diagnostics import core as dg
 from scvae.model import SCVAE
-from scvae.models import VAE, VAEConfig
-from scvae.settings import TrainConfig
+from scvae.module import VAE, VAEConfig
+from scvae.training.settings import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -459,7 +459,7 @@ def test_prior_encoder_module_is_collapsed():
 
 @pytest.fixture(scope="module")
 def trained(shared_data):
-    from scvae.train import train
+    from scvae.training.loop import train
 
     with h5py.File(shared_data / "pbmc4k_top2000.h5") as f:
         X = np.asarray(f["X"][:800], dtype=np.float32)

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import sparse
 
+from scvae.data.readers import FORMATS, check_counts, detect_format, read_counts, write_h5ad
 from scvae.errors import InputError
-from scvae.io import FORMATS, check_counts, detect_format, read_counts, write_h5ad
 
 # ----------------------------------------------------------------- file writers
 

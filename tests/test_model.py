@@ -6,9 +6,9 @@ import pyro
 import pytest
 import torch
 
-from scvae.distributions import count_distribution, negative_binomial
-from scvae.models import VAE, VAEConfig
-from scvae.objective import FreeBitsELBO
+from scvae.module import VAE, VAEConfig
+from scvae.module.distributions import count_distribution, negative_binomial
+from scvae.training.objective import FreeBitsELBO
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,11 @@ import pytest
 import scanpy as sc
 from scipy import sparse
 
-import scvae.preprocess
+import scvae.preprocess.memory
+from scvae.data.readers import read_counts, write_h5ad
 from scvae.errors import InputError
-from scvae.io import read_counts, write_h5ad
 from scvae.plotting.qc import plot_qc
-from scvae.preprocess import (
+from scvae.preprocess.memory import (
     FILTER_SETTINGS,
     add_qc_metrics,
     effective_settings,
@@ -104,7 +104,7 @@ def test_seurat_v3_hvg_on_real_allgenes(shared_data):
 
 def test_hvg_subsets_and_drops_cells_left_empty(small_counts, monkeypatch):
     monkeypatch.setattr(sc.pp, "highly_variable_genes", fake_hvg)
-    monkeypatch.setattr(scvae.preprocess, "_require_hvg_backend", lambda *args: None)
+    monkeypatch.setattr(scvae.preprocess.memory, "_require_hvg_backend", lambda *args: None)
     X = small_counts.X.toarray()
     X[:, 30:] *= 10  # genes 30-39 become the most variable ones
     X[0, 30:] = 0  # cell 0 has no counts in them
@@ -125,7 +125,7 @@ def test_missing_skmisc_raises_before_changing_adata(small_counts):
 
 
 def test_hvg_skipped_when_few_genes(small_counts, caplog):
-    with caplog.at_level(logging.INFO, logger="scvae.preprocess"):
+    with caplog.at_level(logging.INFO, logger="scvae.preprocess.memory"):
         preprocess(small_counts, n_top_genes=2000)
     assert small_counts.n_vars == 40
     assert steps(small_counts)["5_highly_variable_genes"]["hvg"].startswith("skipped")
@@ -137,7 +137,7 @@ def test_all_zero_cells_and_genes_dropped_with_count(small_counts, caplog):
     X[[5, 7], :] = 0
     X[:, [10, 11, 12]] = 0
     small_counts.X = sparse.csr_matrix(X)
-    with caplog.at_level(logging.INFO, logger="scvae.preprocess"):
+    with caplog.at_level(logging.INFO, logger="scvae.preprocess.memory"):
         out = preprocess(small_counts, copy=True, min_genes=0, min_cells=0)
     assert out.shape == (58, 37)
     assert steps(out)["1_drop_empty"]["cells_removed"] == 2

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from scvae import compare
-from scvae.plotting import report
+from scvae.plotting import comparison as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from scvae import compare
-from scvae.diagnostics import run_diagnose
-from scvae.train import run_train
+from scvae.diagnostics.core import run_diagnose
+from scvae.training.loop import run_train
 
 SETTINGS = {
     "n_latent": 4,

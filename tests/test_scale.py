@@ -14,12 +14,12 @@ import torch
 from scipy import sparse
 
 import scvae
-from scvae.data import CountBatches
-from scvae.diagnostics import diagnose
-from scvae.models import VAE, VAEConfig
-from scvae.objective import FreeBitsELBO
-from scvae.ondisk import H5CSR, Subset, row_sums, take_rows
-from scvae.synthetic import synthetic_counts, write_synthetic_h5ad
+from scvae.data.loaders import CountBatches
+from scvae.data.ondisk import H5CSR, Subset, row_sums, take_rows
+from scvae.data.synthetic import synthetic_counts, write_synthetic_h5ad
+from scvae.diagnostics.core import diagnose
+from scvae.module import VAE, VAEConfig
+from scvae.training.objective import FreeBitsELBO
 
 FAST = {"n_latent": 3, "n_hidden": 16, "batch_size": 32, "threads": 1}
 
@@ -128,7 +128,7 @@ def test_synthetic_clusters_are_recoverable():
     from sklearn.decomposition import PCA
     from sklearn.metrics import adjusted_rand_score
 
-    from scvae.synthetic import SyntheticParams
+    from scvae.data.synthetic import SyntheticParams
 
     a = synthetic_counts(1500, 300, seed=0, params=SyntheticParams(n_clusters=5, de_fraction=0.3))
     X = a.X.toarray()
@@ -209,9 +209,9 @@ def test_training_latent_and_diagnostics_from_a_backed_file(h5_counts):
 
 
 def test_workflow_stages_keep_large_files_on_disk(h5_counts, tmp_path, monkeypatch):
-    from scvae.diagnostics import run_diagnose
-    from scvae.io import read_h5ad, write_h5ad
-    from scvae.train import run_train
+    from scvae.data.readers import read_h5ad, write_h5ad
+    from scvae.diagnostics.core import run_diagnose
+    from scvae.training.loop import run_train
 
     path, a = h5_counts
     monkeypatch.setenv("SCVAE_BACKED_MIN_GB", "0")  # every file counts as large
@@ -261,7 +261,7 @@ def _messy_h5ad(path):
     ],
 )
 def test_streamed_preprocessing_equals_the_in_memory_path(tmp_path, monkeypatch, settings):
-    from scvae.preprocess import run_preprocess
+    from scvae.preprocess.memory import run_preprocess
 
     _messy_h5ad(tmp_path / "in.h5ad")
     with pytest.warns(UserWarning, match="duplicate gene"):
@@ -297,7 +297,7 @@ def test_streamed_preprocessing_equals_the_in_memory_path(tmp_path, monkeypatch,
 @pytest.mark.filterwarnings("ignore:.*duplicate gene")
 def test_streamed_preprocessing_errors_like_the_in_memory_path(tmp_path):
     from scvae.errors import InputError
-    from scvae.preprocess_backed import preprocess_h5ad_backed
+    from scvae.preprocess.streamed import preprocess_h5ad_backed
 
     _messy_h5ad(tmp_path / "in.h5ad")
     with pytest.raises(InputError, match="no cells left after step 2_filter_cells"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scvae.schedules import KLSchedule
+from scvae.training.schedules import KLSchedule
 
 
 def test_constant():

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scvae import baselines, tl
+from scvae import baseline as baselines
+from scvae import cluster as tl
 from scvae import metrics as M
 from scvae.errors import InputError
 

@@ -18,7 +18,7 @@ from scvae.errors import InputError, TrainingError
 from scvae.model import SCVAE
 
 # `scvae.train` is the function; the module it lives in is reached through importlib.
-train_mod = importlib.import_module("scvae.train")
+train_mod = importlib.import_module("scvae.training.loop")
 FAST = {"n_latent": 4, "n_hidden": 32, "batch_size": 64, "threads": 1}
 
 
@@ -208,7 +208,7 @@ def test_checkpoint_of_other_model_layers_is_not_resumed(pbmc_small, tmp_path, m
             self.extra = torch.nn.Linear(2, 2)
 
     monkeypatch.setattr(train_mod, "VAE", WiderVAE)
-    with caplog.at_level("INFO", logger="scvae.train"):
+    with caplog.at_level("INFO", logger="scvae.training.loop"):
         again = scvae.train(
             pbmc_small, max_epochs=2, checkpoint_every=1, checkpoint_dir=tmp_path, **FAST
         )

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from scvae.cli import main
-from scvae.settings import MODEL_KEYS, TRAIN_KEYS
-from scvae.workflow import preprocess_settings, resolve_variant
+from scvae.config import preprocess_settings, resolve_variant
+from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 

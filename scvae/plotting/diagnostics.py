@@ -1,7 +1,7 @@
 """Figures of the collapse diagnostics: KL per dimension, decoder sensitivity, J^T J spectrum.
 
-Every function takes the dictionary of :func:`scvae.diagnostics.diagnose` (or of
-:func:`scvae.diagnostics.read_diagnostics`; JSON ``null`` values are drawn as missing)
+Every function takes the dictionary of :func:`scvae.diagnostics.core.diagnose` (or of
+:func:`scvae.diagnostics.core.read_diagnostics`; JSON ``null`` values are drawn as missing)
 and writes one PNG atomically.
 """
 
@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from scvae._atomic import atomic_path
+from scvae.utils.atomic import atomic_path
 
 __all__ = ["plot_diagnostics", "plot_jtj_spectrum", "plot_kl_per_dim", "plot_sensitivity_vs_kl"]
 

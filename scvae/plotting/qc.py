@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from scipy import sparse
 
-from scvae._atomic import atomic_path
+from scvae.utils.atomic import atomic_path
 
 _THRESHOLD_NAMES = ("min_counts", "max_counts", "min_genes", "max_mito_fraction")
 _THRESHOLD_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.5}
@@ -45,7 +45,7 @@ def plot_qc(
     path
         Destination ``.png``, written atomically.
     thresholds
-        Filter settings (:func:`scvae.preprocess.preprocess` keywords); those of
+        Filter settings (:func:`scvae.preprocess.memory.preprocess` keywords); those of
         ``min_counts``, ``max_counts``, ``min_genes`` and ``max_mito_fraction`` that
         are not None are drawn.
     mito_prefix

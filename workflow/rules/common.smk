@@ -9,8 +9,7 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
-from scvae.atlas import atlas_jobs
-from scvae.workflow import preprocess_settings, resolve_variant
+from scvae.config import preprocess_settings, resolve_variant
 
 
 # validate() fills in the schema's defaults everywhere a settings object appears, variants
@@ -39,14 +38,18 @@ if config["baselines"]["scvi"] and SCVI_AVAILABLE:
     BASELINES.append("scvi")
 
 
-# The collapse atlas (config/atlas.yaml): jobs of trainings, see scvae.atlas.atlas_jobs.
+# The collapse atlas (config/atlas.yaml): jobs of trainings, see scvae.atlas.core.atlas_jobs.
+# The atlas code is imported only when an atlas grid is configured.
 ATLAS = config.get("atlas")
-ATLAS_JOBS = atlas_jobs(config) if ATLAS else {}
+if ATLAS:
+    from scvae.atlas.core import atlas_jobs
+
+    ATLAS_JOBS = atlas_jobs(config)
+else:
+    ATLAS_JOBS = {}
 
 
 wildcard_constraints:
-    atlas_dataset="|".join(map(re.escape, ATLAS["datasets"])) if ATLAS else "no-atlas",
-    atlas_job="|".join(map(re.escape, ATLAS_JOBS)) if ATLAS else "no-atlas",
     dataset="|".join(map(re.escape, config["datasets"])),
     variant="|".join(map(re.escape, VARIANTS)),
     baseline=r"pca\d+|scvi",
@@ -228,67 +231,3 @@ def cluster_diagnostics(wildcards):
     if wildcards.name in VARIANTS:
         return f"results/{wildcards.dataset}/{wildcards.name}/seed{wildcards.seed}/diagnostics.json"
     return []
-
-
-# --- Collapse atlas ------------------------------------------------------------------
-
-
-def _atlas():
-    if not ATLAS:
-        raise ValueError(
-            "the atlas target needs the atlas grid: "
-            "snakemake --cores 2 --configfile config/atlas.yaml atlas"
-        )
-    return ATLAS
-
-
-def atlas_inputs(wildcards):
-    atlas = _atlas()
-    return [
-        f"results/atlas/runs/{dataset}/{job}.json"
-        for dataset in atlas["datasets"]
-        for job in ATLAS_JOBS
-    ]
-
-
-def atlas_dataset_input(wildcards):
-    return _atlas()["datasets"][wildcards.atlas_dataset]["path"]
-
-
-def atlas_dataset_options(wildcards):
-    ds = _atlas()["datasets"][wildcards.atlas_dataset]
-    opts = []
-    if ds.get("format"):
-        opts += ["--format", ds["format"]]
-    if ds.get("label_key"):
-        opts += ["--label-key", ds["label_key"]]
-    return " ".join(opts)
-
-
-def atlas_job_json(wildcards):
-    return json.dumps({"runs": ATLAS_JOBS[wildcards.atlas_job]})
-
-
-def atlas_run_params(wildcards):
-    atlas = _atlas()
-    return json.dumps(
-        {
-            "n_cells": atlas["n_cells"],
-            "resolution": atlas["resolution"],
-            "n_neighbors": config["cluster"]["n_neighbors"],
-            "kmeans_fits": config["cluster"]["kmeans_fits"],
-            "diagnostics": atlas.get("diagnostics", {}),
-        }
-    )
-
-
-def atlas_job_runtime(wildcards, attempt):
-    """Minutes: about 2 s per epoch-thousand-cells of each training, plus start-up."""
-    runs = ATLAS_JOBS[wildcards.atlas_job]
-    cells = _atlas()["n_cells"] or 10000
-    seconds = sum(
-        2e-3 * r["settings"].get("max_epochs", 200) * cells
-        * (1 + r["settings"].get("aggressive_epochs", 0) / 5)
-        for r in runs
-    )
-    return int((10 + seconds / 60) * attempt)

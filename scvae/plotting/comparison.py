@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from scvae._atomic import atomic_path
 from scvae.metrics import ari
+from scvae.utils.atomic import atomic_path
 
 __all__ = [
     "plot_kl_heatmap",
@@ -38,7 +38,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DPI = 120
-# The posterior-draw score is the one to trust for collapse (scvae.tl.posterior_sample_scores).
+# The posterior-draw score is the one to trust for collapse (scvae.cluster.posterior_sample_scores).
 _SCORE_METRICS = ["kmeans_ari", "kmeans_ari_sample", "kmeans_nmi", "leiden_ari", "leiden_nmi"]
 _UNLABELLED_METRICS = ["silhouette", "modularity"]
 _METRIC_NAMES = {
@@ -352,7 +352,7 @@ def plot_umap_grid(
     ----------
     adatas
         ``{variant name: AnnData}`` with ``obsm["X_umap"]`` (from
-        :func:`scvae.tl.cluster`).
+        :func:`scvae.cluster.cluster`).
     path
         PNG to write.
     label_key

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from scvae._atomic import atomic_path
 from scvae.errors import InputError
+from scvae.utils.atomic import atomic_path
 
 __all__ = ["jsonable", "null_to_nan", "read_json", "write_json"]
 

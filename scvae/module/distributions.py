@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
-LIKELIHOODS = ("nb", "zinb", "poisson")
+from scvae.module.config import LIKELIHOODS
 
 
 class NegativeBinomial(dist.NegativeBinomial):

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from scvae.ondisk import CSRWriter
+from scvae.data.ondisk import CSRWriter
 
 __all__ = ["BLOCK_CELLS", "SyntheticParams", "synthetic_counts", "write_synthetic_h5ad"]
 
@@ -197,7 +197,7 @@ def write_synthetic_h5ad(
     stored contiguously (no HDF5 chunking or compression, as anndata writes by
     default), so that row ranges read fast. ``anndata.read_h5ad`` (also
     ``backed="r"``) opens the file. The values go through
-    :class:`scvae.ondisk.CSRWriter`: memory holds one block of cells, the disk twice
+    :class:`scvae.data.ondisk.CSRWriter`: memory holds one block of cells, the disk twice
     the file's size for a moment.
 
     Parameters

@@ -27,8 +27,8 @@ import numpy as np
 import scanpy as sc
 from scipy import sparse
 
+from scvae.data.readers import check_counts, read_counts, write_h5ad
 from scvae.errors import InputError
-from scvae.io import check_counts, read_counts, write_h5ad
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def preprocess(
     Parameters
     ----------
     adata
-        Data with raw counts in ``X``, as returned by :func:`scvae.io.read_counts`.
+        Data with raw counts in ``X``, as returned by :func:`scvae.data.readers.read_counts`.
     min_genes
         Minimum number of detected genes per cell.
     min_cells
@@ -524,7 +524,7 @@ def run_preprocess(
     Parameters
     ----------
     input
-        Input file or 10x folder (see :func:`scvae.io.read_counts`).
+        Input file or 10x folder (see :func:`scvae.data.readers.read_counts`).
     output
         Destination ``.h5ad``, written atomically.
     qc_plot
@@ -543,7 +543,7 @@ def run_preprocess(
     Raises
     ------
     InputError
-        On bad input or settings (see :func:`scvae.io.read_counts` and
+        On bad input or settings (see :func:`scvae.data.readers.read_counts` and
         :func:`preprocess`).
     """
     from scvae.plotting.qc import plot_qc
@@ -551,7 +551,7 @@ def run_preprocess(
     settings = effective_settings(**filter_settings)
     if _large_h5ad(input, format, layer):
         # Streamed in chunks of rows: memory does not grow with the counts.
-        from scvae.preprocess_backed import preprocess_h5ad_backed
+        from scvae.preprocess.streamed import preprocess_h5ad_backed
 
         preprocess_h5ad_backed(input, output, qc_plot, label_key=label_key, layer=layer, **settings)
         return
@@ -562,11 +562,11 @@ def run_preprocess(
 
 
 def _large_h5ad(path: str | os.PathLike, format: str | None, layer: str | None) -> bool:
-    """An h5ad input of at least :func:`scvae.ondisk.backed_min_bytes` with CSR counts."""
+    """An h5ad input of at least :func:`scvae.data.ondisk.backed_min_bytes` with CSR counts."""
     from pathlib import Path
 
-    from scvae.io import detect_format
-    from scvae.ondisk import backed_min_bytes
+    from scvae.data.ondisk import backed_min_bytes
+    from scvae.data.readers import detect_format
 
     path = Path(path)
     if not path.is_file() or path.stat().st_size < backed_min_bytes():

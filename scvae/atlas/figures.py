@@ -1,11 +1,11 @@
 """Figures of the collapse atlas: sweeps, remedies, KL vs sensitivity, MI identity.
 
 Each function draws one PNG and writes it atomically, with the conventions of
-:mod:`scvae.plotting.report`: :class:`matplotlib.figure.Figure` objects built directly
+:mod:`scvae.plotting.comparison`: :class:`matplotlib.figure.Figure` objects built directly
 (no pyplot, so no global backend or figure registry is touched) and the same DPI.
 
-The inputs are the run records of :func:`scvae.atlas.run_atlas_job` (one dict per run
-and seed) or their table, :func:`scvae.atlas.collect`. :func:`write_atlas_figures`
+The inputs are the run records of :func:`scvae.atlas.core.run_atlas_job` (one dict per run
+and seed) or their table, :func:`scvae.atlas.core.collect`. :func:`write_atlas_figures`
 draws every figure whose data are present.
 """
 
@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from scvae.plotting.report import _empty, _offsets, _palette, _save
+from scvae.plotting.comparison import _empty, _offsets, _palette, _save
 
 __all__ = [
     "plot_kl_vs_sensitivity",
@@ -42,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: MI (nats) below which a run counts as collapsed, as in :func:`scvae.atlas.collect`.
+#: MI (nats) below which a run counts as collapsed, as in :func:`scvae.atlas.core.collect`.
 COLLAPSE_MI = 0.1
 #: A remedy succeeds when its ARI on a posterior draw is within this of the healthy one.
 HEALTHY_MARGIN = 0.05
@@ -177,7 +177,7 @@ def plot_sweeps(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> No
     Parameters
     ----------
     df
-        Per-run table from :func:`scvae.atlas.collect`; the rows of stage ``sweep`` and
+        Per-run table from :func:`scvae.atlas.core.collect`; the rows of stage ``sweep`` and
         this mechanism are drawn, the ``healthy`` rows give the reference.
     mechanism
         Mechanism name.
@@ -280,7 +280,7 @@ def plot_remedies(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> 
     Parameters
     ----------
     df
-        Per-run table from :func:`scvae.atlas.collect` (rows of stage ``remedy`` of
+        Per-run table from :func:`scvae.atlas.core.collect` (rows of stage ``remedy`` of
         this mechanism, and the ``healthy`` rows).
     mechanism
         Mechanism name.
@@ -430,7 +430,7 @@ def plot_kl_vs_sensitivity(
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.run_atlas_job` (stages ``remedy`` and
+        Run records of :func:`scvae.atlas.core.run_atlas_job` (stages ``remedy`` and
         ``healthy`` are used).
     dataset
         Dataset to draw.
@@ -530,7 +530,7 @@ def plot_mi_identity(df: pd.DataFrame, dataset: str, path: str | os.PathLike) ->
     Parameters
     ----------
     df
-        Per-run table from :func:`scvae.atlas.collect`.
+        Per-run table from :func:`scvae.atlas.core.collect`.
     dataset
         Dataset to draw.
     path
@@ -623,7 +623,7 @@ def plot_vicious_cycle(
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.run_atlas_job`; the ``sweep`` runs of
+        Run records of :func:`scvae.atlas.core.run_atlas_job`; the ``sweep`` runs of
         ``mechanism`` are drawn.
     path
         PNG to write.
@@ -706,7 +706,7 @@ def plot_means_vs_sample(df: pd.DataFrame, path: str | os.PathLike) -> None:
     Parameters
     ----------
     df
-        Per-run table from :func:`scvae.atlas.collect` (all stages).
+        Per-run table from :func:`scvae.atlas.core.collect` (all stages).
     path
         PNG to write.
     """
@@ -790,7 +790,7 @@ def write_atlas_figures(records: Sequence[Mapping], out_dir: str | os.PathLike) 
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.run_atlas_job`.
+        Run records of :func:`scvae.atlas.core.run_atlas_job`.
     out_dir
         Folder for the PNGs (created if needed).
 
@@ -799,7 +799,7 @@ def write_atlas_figures(records: Sequence[Mapping], out_dir: str | os.PathLike) 
     list of Path
         The files written, in the order above.
     """
-    from scvae.atlas import collect
+    from scvae.atlas.core import collect
 
     if not records:
         logger.warning("no atlas records: no figures")

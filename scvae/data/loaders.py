@@ -7,8 +7,10 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 import torch
+from anndata import AnnData
+from anndata.abc import CSCDataset, CSRDataset
 
-from scvae.ondisk import is_ondisk
+from scvae.data.ondisk import H5CSR, is_ondisk
 
 BLOCK_SIZE = 256
 """Rows per block of the block shuffle that :func:`scvae.train` uses for on-disk counts."""
@@ -48,7 +50,7 @@ class CountBatches:
 
     Notes
     -----
-    Matrices on disk (:class:`scvae.ondisk.H5CSR`) are read a window of batches at a
+    Matrices on disk (:class:`scvae.data.ondisk.H5CSR`) are read a window of batches at a
     time (about ``block_size * window_blocks`` rows, one read per run of consecutive
     rows), so memory holds one window, never the matrix.
 
@@ -136,3 +138,21 @@ class CountBatches:
             window = sp.csr_matrix(self.X[rows])
             for r in group:
                 yield self._tensor(window[np.searchsorted(rows, r)], device)
+
+
+def counts_matrix(adata: AnnData, layer: str | None = "counts") -> sp.csr_matrix:
+    """The raw counts of ``adata`` as CSR: ``layers[layer]`` when present, else ``X``.
+
+    Counts on disk (a backed AnnData's CSR ``X`` or layer, see
+    :func:`scvae.data.readers.read_h5ad`) stay there, as a :class:`scvae.data.ondisk.H5CSR`.
+    """
+    X = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
+    if is_ondisk(X):
+        return X
+    if isinstance(X, CSRDataset):
+        return H5CSR(X.group)
+    if isinstance(X, CSCDataset):  # a backed CSC matrix cannot be read by rows
+        X = X.to_memory()
+    if not sp.issparse(X):
+        X = sp.csr_matrix(X)
+    return X.tocsr()

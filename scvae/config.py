@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from scvae.settings import MODEL_KEYS, TRAIN_KEYS
+from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS
 
 
 def resolve_variant(config: Mapping, variant: str, seed: int) -> dict:

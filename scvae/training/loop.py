@@ -16,15 +16,15 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from scvae._atomic import atomic_path, remove_stale_temps
-from scvae.data import BLOCK_SIZE, CountBatches
+from scvae.data.loaders import BLOCK_SIZE, CountBatches, counts_matrix
+from scvae.data.ondisk import check_counts_chunked, is_ondisk, row_sums
 from scvae.errors import InputError, TrainingError
-from scvae.model import SCVAE, counts_matrix
-from scvae.models import VAE
-from scvae.objective import FreeBitsELBO
-from scvae.ondisk import check_counts_chunked, is_ondisk, row_sums
-from scvae.schedules import KLSchedule
-from scvae.settings import settings_hash, split_settings
+from scvae.model import SCVAE
+from scvae.module.vae import VAE
+from scvae.training.objective import FreeBitsELBO
+from scvae.training.schedules import KLSchedule
+from scvae.training.settings import settings_hash, split_settings
+from scvae.utils.atomic import atomic_path, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _evaluate(
 
 def _validation_mi(module: VAE, X, rows: np.ndarray, batch_size: int) -> float:
     """Mutual information I(x; z) over ``rows`` of ``X`` (the aggressive phase's stop)."""
-    from scvae.diagnostics import _encode, mutual_information
+    from scvae.diagnostics.core import _encode, mutual_information
 
     loc, scale = _encode(module, X, batch_size, rows)
     return float(mutual_information(loc, scale, n_samples_per_dim=200)["mi"])
@@ -246,8 +246,8 @@ def train(
     source
         What the data came from (a file name), for error messages; default: the layer.
     **settings
-        Model settings (:class:`~scvae.models.VAEConfig`) and training settings
-        (:class:`~scvae.settings.TrainConfig`) in one flat namespace.
+        Model settings (:class:`~scvae.module.VAEConfig`) and training settings
+        (:class:`~scvae.training.settings.TrainConfig`) in one flat namespace.
 
     Returns
     -------
@@ -487,14 +487,14 @@ def run_train(
     SCVAE
         The fitted model.
     """
-    from scvae.io import read_h5ad, write_h5ad
-    from scvae.provenance import versions
+    from scvae.data.readers import read_h5ad, write_h5ad
+    from scvae.utils.provenance import versions
 
     settings = dict(settings or {})
     for out in (model_out, history_out, latent_out):
         # Left by a run of this job that was killed while writing.
         remove_stale_temps(out)
-    # Large files stay on disk (scvae.ondisk.backed_min_bytes): memory bounded by batches.
+    # Large files stay on disk (scvae.data.ondisk.backed_min_bytes): memory bounded by batches.
     adata = read_h5ad(input_h5ad, backed=None)
     where = "layers['counts']" if "counts" in adata.layers else "X"
     model = train(

@@ -1,7 +1,7 @@
 """Baseline embeddings (PCA, scVI) that the VAE variants are compared against.
 
 A baseline is written like a trained variant: an h5ad with the embedding in
-``obsm["X_scvae"]``, so that :func:`scvae.tl.run_cluster` and the comparison treat it
+``obsm["X_scvae"]``, so that :func:`scvae.cluster.run_cluster` and the comparison treat it
 the same way. Baseline variants are named ``f"{method}{n_components}"`` (``pca10``,
 ``pca50``) or just ``"scvi"`` (default ``n_latent``); see :func:`baseline_variant` and
 :func:`parse_baseline_variant`.
@@ -21,7 +21,7 @@ Baseline h5ad contract (written by :func:`run_baseline`)
   embedding). There is never an ``obsm["X_scvae_scale"]``.
 - Unavailable (scvi-tools missing): no ``obsm["X_scvae"]`` and
   ``uns["scvae"]["baseline"]["unavailable"]`` = the reason (str). The key's presence is
-  the test; :func:`scvae.tl.run_cluster` passes such a file through and writes a
+  the test; :func:`scvae.cluster.run_cluster` passes such a file through and writes a
   metrics JSON with ``status: "unavailable"``.
 """
 
@@ -39,8 +39,8 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
+from scvae.data.readers import read_h5ad, write_h5ad
 from scvae.errors import InputError
-from scvae.io import read_h5ad, write_h5ad
 
 __all__ = [
     "BASELINE_METHODS",

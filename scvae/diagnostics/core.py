@@ -73,15 +73,15 @@ import torch
 from scipy import stats
 from torch.distributions import Normal, kl_divergence
 
-from scvae.data import CountBatches
-from scvae.jsonio import read_json, write_json
-from scvae.ondisk import backed_min_bytes, row_sums, take_rows
+from scvae.data.loaders import CountBatches
+from scvae.data.ondisk import backed_min_bytes, row_sums, take_rows
+from scvae.utils.jsonio import read_json, write_json
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
     from scvae.model import SCVAE
-    from scvae.models import VAE
+    from scvae.module.vae import VAE
 
 __all__ = [
     "FIGURE_NAMES",
@@ -1265,7 +1265,7 @@ def run_diagnose(
     model = SCVAE.load(model_pt)
     try:
         if Path(latent_h5ad).stat().st_size >= backed_min_bytes():
-            from scvae.io import read_h5ad
+            from scvae.data.readers import read_h5ad
 
             adata = read_h5ad(latent_h5ad, backed=True)  # the counts stay on disk
         else:

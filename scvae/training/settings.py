@@ -8,13 +8,13 @@ import numbers
 import typing
 from dataclasses import asdict, dataclass, fields
 
-from scvae.models import VAEConfig
-from scvae.schedules import SCHEDULES
+from scvae.module.config import VAEConfig
+from scvae.training.schedules import SCHEDULES
 
 
 @dataclass
 class TrainConfig:
-    """How a :class:`~scvae.models.VAE` is fitted.
+    """How a :class:`~scvae.module.VAE` is fitted.
 
     Attributes
     ----------
@@ -30,7 +30,7 @@ class TrainConfig:
     beta
         Full KL weight.
     kl_schedule
-        ``constant``, ``linear``, ``sigmoid`` or ``cyclical`` (see :mod:`scvae.schedules`).
+        ``constant``, ``linear``, ``sigmoid`` or ``cyclical`` (see :mod:`scvae.training.schedules`).
     warmup_fraction
         Share of all steps of the linear/sigmoid warm-up.
     n_cycles, cycle_ratio
@@ -145,7 +145,7 @@ def split_settings(settings: dict, n_input: int) -> tuple[VAEConfig, TrainConfig
     Parameters
     ----------
     settings
-        Keys of :class:`~scvae.models.VAEConfig` (except ``n_input``) and
+        Keys of :class:`~scvae.module.VAEConfig` (except ``n_input``) and
         :class:`TrainConfig`.
     n_input
         Number of genes.

@@ -25,8 +25,8 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
-from scvae._atomic import atomic_path
 from scvae.errors import InputError
+from scvae.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -294,10 +294,10 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool | None = False) -> anndat
     backed
         False: read everything into memory. True: leave the count matrices on disk --
         ``X`` and every CSR layer stay in the file (anndata ``CSRDataset``s, which
-        :func:`scvae.model.counts_matrix` reads as :class:`scvae.ondisk.H5CSR`), the
+        :func:`scvae.data.loaders.counts_matrix` reads as :class:`scvae.data.ondisk.H5CSR`), the
         rest (obs, var, obsm, obsp, uns, other layers) is read; memory then does not
         grow with the counts (anndata's own ``backed="r"`` reads every layer). None:
-        backed when the file is at least :func:`scvae.ondisk.backed_min_bytes` (2 GiB,
+        backed when the file is at least :func:`scvae.data.ondisk.backed_min_bytes` (2 GiB,
         or ``SCVAE_BACKED_MIN_GB``). :func:`write_h5ad` writes a backed AnnData by
         copying the file and replacing what is in memory.
 
@@ -306,7 +306,7 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool | None = False) -> anndat
     anndata.AnnData
         Everything the file holds (layers, obsm, uns).
     """
-    from scvae.ondisk import backed_min_bytes
+    from scvae.data.ondisk import backed_min_bytes
 
     path = Path(path)
     _require_exists(path)

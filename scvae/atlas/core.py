@@ -12,10 +12,10 @@ The grid (``config/atlas.yaml``, section ``atlas``) has three parts:
   ``recommended`` one) over ``seeds``, measured on the same footing as the reference.
 
 Each run trains on a fixed random subset of ``n_cells`` cells, computes the collapse
-diagnostics (:func:`scvae.diagnostics.diagnose`) and scores the latent space against the
+diagnostics (:func:`scvae.diagnostics.core.diagnose`) and scores the latent space against the
 cell-type labels on the posterior means and on one posterior draw per cell
-(:func:`scvae.tl.posterior_sample_scores`). :func:`collect` gathers the runs into one
-table; :mod:`scvae.plotting.atlas` draws it.
+(:func:`scvae.cluster.posterior_sample_scores`). :func:`collect` gathers the runs into one
+table; :mod:`scvae.atlas.figures` draws it.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scvae.jsonio import read_json, write_json
-from scvae.settings import MODEL_KEYS, TRAIN_KEYS
+from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS
+from scvae.utils.jsonio import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -255,17 +255,17 @@ def run_atlas_job(
     label_key, resolution, n_neighbors
         Labels column and Leiden settings.
     kmeans_fits
-        KMeans fits averaged in the KMeans scores (:func:`scvae.tl.label_scores`).
+        KMeans fits averaged in the KMeans scores (:func:`scvae.cluster.label_scores`).
     diagnostics
-        Keyword arguments of :func:`scvae.diagnostics.diagnose`.
+        Keyword arguments of :func:`scvae.diagnostics.core.diagnose`.
 
     Returns
     -------
     list of dict
         The records.
     """
+    from scvae.data.readers import read_h5ad
     from scvae.errors import InputError
-    from scvae.io import read_h5ad
 
     adata = read_h5ad(input_h5ad)
     if label_key not in adata.obs:
@@ -314,9 +314,9 @@ def _run_one(
     source: str,
 ) -> dict:
     """Train, diagnose and score one model on ``adata``."""
-    from scvae.diagnostics import diagnose
-    from scvae.tl import label_scores, posterior_sample_scores
-    from scvae.train import train
+    from scvae.cluster import label_scores, posterior_sample_scores
+    from scvae.diagnostics.core import diagnose
+    from scvae.training.loop import train
 
     started = time.perf_counter()
     model = train(adata, progress=False, source=source, **{**settings, "seed": seed})
@@ -512,14 +512,14 @@ def run_atlas_report(
     remedies
         Where the remedy table (:func:`remedy_table`) goes (None: not written).
     figure_dir
-        Folder for the figures (:func:`scvae.plotting.atlas.write_atlas_figures`).
+        Folder for the figures (:func:`scvae.atlas.figures.write_atlas_figures`).
 
     Returns
     -------
     pandas.DataFrame
         The per-run table.
     """
-    from scvae._atomic import atomic_path
+    from scvae.utils.atomic import atomic_path
 
     records = read_records(list(inputs))
     df = collect(records)
@@ -530,7 +530,7 @@ def run_atlas_report(
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     if figure_dir is not None:
-        from scvae.plotting.atlas import write_atlas_figures
+        from scvae.atlas.figures import write_atlas_figures
 
         os.makedirs(figure_dir, exist_ok=True)
         write_atlas_figures(records, figure_dir)

@@ -1,7 +1,7 @@
 """Preprocessing of an h5ad file too large for memory: the same steps, streamed.
 
-:func:`preprocess_h5ad_backed` gives the output of :func:`scvae.io.read_counts` +
-:func:`scvae.preprocess.preprocess` + :func:`scvae.io.write_h5ad` (the workflow's
+:func:`preprocess_h5ad_backed` gives the output of :func:`scvae.data.readers.read_counts` +
+:func:`scvae.preprocess.memory.preprocess` + :func:`scvae.data.readers.write_h5ad` (the workflow's
 preprocess stage) for an h5ad input whose counts are a CSR matrix (``X`` or a layer),
 reading the counts in chunks of rows and writing the result chunk by chunk: memory
 holds one chunk, per-cell and per-gene statistics and obs/var, never the matrix.
@@ -40,11 +40,10 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
-from scvae._atomic import atomic_path
+from scvae.data.ondisk import H5CSR, CSRWriter, row_chunks
+from scvae.data.readers import _labels_from_column, _make_names_unique, _plain_dicts, check_counts
 from scvae.errors import InputError
-from scvae.io import _labels_from_column, _make_names_unique, _plain_dicts, check_counts
-from scvae.ondisk import H5CSR, CSRWriter, row_chunks
-from scvae.preprocess import (
+from scvae.preprocess.memory import (
     _apply_cell_filters,
     _hvg_needed,
     _log_removed,
@@ -57,6 +56,7 @@ from scvae.preprocess import (
     effective_settings,
     mito_genes,
 )
+from scvae.utils.atomic import atomic_path
 
 __all__ = ["preprocess_h5ad_backed"]
 
@@ -114,7 +114,7 @@ def preprocess_h5ad_backed(
     layer
         Layer holding the raw counts (None: ``X``).
     **filter_settings
-        :data:`scvae.preprocess.FILTER_SETTINGS` (defaults as :func:`preprocess`).
+        :data:`scvae.preprocess.memory.FILTER_SETTINGS` (defaults as :func:`preprocess`).
 
     Returns
     -------
@@ -124,7 +124,7 @@ def preprocess_h5ad_backed(
     Raises
     ------
     InputError
-        As :func:`scvae.io.read_counts` and :func:`scvae.preprocess.preprocess`.
+        As :func:`scvae.data.readers.read_counts` and :func:`scvae.preprocess.memory.preprocess`.
     ValueError
         If the counts are not stored as CSR (use the in-memory path).
     """

@@ -69,7 +69,7 @@ class FreeBitsELBO(ELBO):
 
     Notes
     -----
-    For the model and guide of :class:`scvae.models.VAE` (the bound methods
+    For the model and guide of :class:`scvae.module.VAE` (the bound methods
     ``module.model`` and ``module.guide``, with no Pyro handler active) :meth:`terms`
     evaluates the terms in one pass through ``module.inference`` and
     ``module.generative`` instead of tracing the two programs with Pyro: the same
@@ -82,7 +82,7 @@ class FreeBitsELBO(ELBO):
     """
 
     direct: bool = True
-    """Evaluate :class:`scvae.models.VAE` programs in one pass (see Notes)."""
+    """Evaluate :class:`scvae.module.VAE` programs in one pass (see Notes)."""
 
     def __init__(self, free_bits: float = 0.0, latent_site: str = "z") -> None:
         super().__init__(num_particles=1)
@@ -128,7 +128,7 @@ class FreeBitsELBO(ELBO):
 
     def _direct_module(self, model, guide):
         """The VAE whose unmodified model and guide these are, when no handler is active."""
-        from scvae.models import VAE
+        from scvae.module.vae import VAE
 
         module = getattr(model, "__self__", None)
         if (
@@ -176,7 +176,7 @@ def _vae_terms(module, x: torch.Tensor, kl_weight: float = 1.0) -> ElboTerms:
     and the same KL and log-density calls, so every number is bit-identical to the
     traced evaluation.
     """
-    from scvae.models.vae import _MIN_KL_WEIGHT
+    from scvae.module.vae import MIN_KL_WEIGHT
 
     n = x.shape[0]
     q = module.inference(x)
@@ -196,5 +196,5 @@ def _vae_terms(module, x: torch.Tensor, kl_weight: float = 1.0) -> ElboTerms:
     recon = 0.0 + 1.0 * n / n * px.to_event(1).log_prob(x)
     kl_other = torch.as_tensor(kl_other, dtype=kl_per_dim.dtype).expand(kl_per_dim.shape[:-1])
     # The scale Pyro puts on the z site: poutine.scale's, then the plate's size / size.
-    scale = max(kl_weight, _MIN_KL_WEIGHT) * 1.0 * n / n
+    scale = max(kl_weight, MIN_KL_WEIGHT) * 1.0 * n / n
     return ElboTerms(recon, kl_per_dim, kl_other, float(scale))

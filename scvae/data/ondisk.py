@@ -7,10 +7,10 @@ it. Only ``indptr`` (8 bytes per cell) is held in memory; ``data`` and ``indices
 read per request, one contiguous HDF5 read per run of consecutive rows.
 
 Random rows are slow to read from disk (one read per row), so on-disk training draws
-its minibatches by *block shuffle* (:class:`scvae.data.CountBatches` with
+its minibatches by *block shuffle* (:class:`scvae.data.loaders.CountBatches` with
 ``block_size``): blocks of consecutive rows are visited in random order, a window of
 several blocks is read at once, and the rows of the window are shuffled before being
-cut into minibatches. See :class:`~scvae.data.CountBatches` for the trade-off.
+cut into minibatches. See :class:`~scvae.data.loaders.CountBatches` for the trade-off.
 
 The helpers :func:`row_chunks`, :func:`row_sums`, :func:`take_rows` and
 :func:`check_counts_chunked` work the same on in-memory scipy matrices and on
@@ -280,8 +280,8 @@ def row_sums(X: Any, rows: np.ndarray | None = None) -> np.ndarray:
 
 
 def check_counts_chunked(X: Any, *, source: str) -> None:
-    """:func:`scvae.io.check_counts` on an on-disk matrix, one chunk of rows at a time."""
-    from scvae.io import check_counts
+    """:func:`scvae.data.readers.check_counts` on an on-disk matrix, one chunk of rows at a time."""
+    from scvae.data.readers import check_counts
 
     if not is_ondisk(X):
         check_counts(X, source=source)

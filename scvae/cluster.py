@@ -35,8 +35,8 @@ import scanpy as sc
 
 from scvae import metrics as M
 from scvae.errors import InputError
-from scvae.jsonio import jsonable as _jsonable
-from scvae.jsonio import read_json, write_json
+from scvae.utils.jsonio import jsonable as _jsonable
+from scvae.utils.jsonio import read_json, write_json
 
 __all__ = [
     "DIAGNOSTICS_SUMMARY_KEYS",
@@ -349,7 +349,7 @@ def _cluster_columns(adata: ad.AnnData, cluster_keys: Mapping[str, str] | None) 
         if params is None:
             raise InputError(
                 "no clustering recorded in uns['scvae']['cluster']['params']; run "
-                "scvae.tl.cluster first or pass cluster_keys"
+                "scvae.cluster.cluster first or pass cluster_keys"
             )
         # After an h5ad round trip these lists come back as numpy arrays.
         cluster_keys = {
@@ -462,7 +462,9 @@ def score(
             out[f"leiden_nmi_{tag}"] = M.nmi(labels, clusters[mask])
         else:
             if "connectivities" not in adata.obsp:
-                raise InputError("obsp['connectivities'] not found; run scvae.tl.cluster first")
+                raise InputError(
+                    "obsp['connectivities'] not found; run scvae.cluster.cluster first"
+                )
             out[f"modularity_{tag}"] = M.modularity(adata.obsp["connectivities"], clusters)
             out[f"silhouette_{tag}"] = M.silhouette_clusters(X, clusters, rng=rng)
     if labelled is not None:
@@ -571,7 +573,7 @@ def run_cluster(
     """Cluster and score the embedding of an h5ad; write the h5ad and a metrics JSON.
 
     An input that is a baseline marked unavailable (``"unavailable"`` in
-    ``uns["scvae"]["baseline"]``, see :func:`scvae.baselines.run_baseline`) is passed
+    ``uns["scvae"]["baseline"]``, see :func:`scvae.baseline.run_baseline`) is passed
     through without clustering and gets a metrics JSON with ``"status":
     "unavailable"`` and empty ``metrics``, so that the pipeline goes on and the
     comparison shows the gap.
@@ -616,7 +618,7 @@ def run_cluster(
         of the output h5ad and summarized in the metrics JSON.
     umap_plot
         PNG of the UMAP coloured by label and by cluster (one row of
-        :func:`scvae.plotting.report.plot_umap_grid`); always written when given.
+        :func:`scvae.plotting.comparison.plot_umap_grid`); always written when given.
     run_name
         Title of the UMAP figure; default ``"<name> seed<k>"`` from the output path.
 
@@ -625,7 +627,7 @@ def run_cluster(
     dict
         The content written to ``metrics_json`` (NaN as ``None``).
     """
-    from scvae.io import read_h5ad, write_h5ad
+    from scvae.data.readers import read_h5ad, write_h5ad
 
     # Large files: the counts stay on disk (only the embedding is clustered).
     adata = read_h5ad(input_h5ad, backed=None)
@@ -675,7 +677,7 @@ def run_cluster(
     record = _jsonable(record)
     write_json(record, metrics_json)
     if umap_plot is not None:
-        from scvae.plotting.report import plot_umap_grid
+        from scvae.plotting.comparison import plot_umap_grid
 
         name = run_name or _default_run_name(output_h5ad)
         plot_umap_grid({name: adata}, umap_plot, label_key=label_key, cluster_key=key)

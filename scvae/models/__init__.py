@@ -1,5 +1,0 @@
-"""Pyro models."""
-
-from scvae.models.vae import VAE, VAEConfig
-
-__all__ = ["VAE", "VAEConfig"]

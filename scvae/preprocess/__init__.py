@@ -1,0 +1,15 @@
+"""QC filters and highly variable genes, in memory or streamed from disk."""
+
+from scvae.utils.lazy import lazy_attributes
+
+__getattr__, __dir__, __all__ = lazy_attributes(
+    __name__,
+    {
+        "preprocess": "scvae.preprocess.memory",
+        "run_preprocess": "scvae.preprocess.memory",
+        "add_qc_metrics": "scvae.preprocess.memory",
+        "mito_genes": "scvae.preprocess.memory",
+        "effective_settings": "scvae.preprocess.memory",
+        "preprocess_h5ad_backed": "scvae.preprocess.streamed",
+    },
+)

@@ -1,0 +1,1 @@
+"""Shared helpers: atomic writes, strict JSON, provenance, lazy attributes."""
