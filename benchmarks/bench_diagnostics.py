@@ -4,7 +4,7 @@ Cells are resampled from ../shared/data/pbmc4k_top2000.h5 with binomial thinning
 count kept with probability 0.9), so no two cells are identical; without the file,
 negative-binomial counts of the same size are simulated. A VAE is trained for one epoch
 (the diagnostics' cost does not depend on how well it is trained), then each measure
-is timed on the sizes :func:`scvae.diagnostics.core.diagnose` uses, and ``diagnose`` itself.
+is timed on the sizes :func:`scvae.diagnostics.run.diagnose` uses, and ``diagnose`` itself.
 
 Usage::
 
@@ -23,7 +23,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scvae.diagnostics import core as dg
+from scvae.diagnostics.iwae import iwae_log_likelihood
+from scvae.diagnostics.jacobian import decoder_jacobian
+from scvae.diagnostics.kl import active_units, kl_per_dim
+from scvae.diagnostics.mi import mutual_information
+from scvae.diagnostics.run import diagnose
+from scvae.module.encoding import encode
 from scvae.training.loop import train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbmc4k_top2000.h5"
@@ -76,31 +81,31 @@ def main() -> None:
         f"measures ({X.shape[0]} cells, {len(val)} validation, K={args.k}, "
         f"{torch.get_num_threads()} threads):"
     )
-    loc, scale = timed("encode all cells", lambda: dg._encode(module, X, 256), times)
+    loc, scale = timed("encode all cells", lambda: encode(module, X, 256), times)
     timed(
         "kl_per_dim + active_units",
-        lambda: (dg.kl_per_dim(loc, scale), dg.active_units(loc)),
+        lambda: (kl_per_dim(loc, scale), active_units(loc)),
         times,
     )
-    mi = timed("mutual_information (all cells)", lambda: dg.mutual_information(loc, scale), times)
+    mi = timed("mutual_information (all cells)", lambda: mutual_information(loc, scale), times)
     timed(
         "mutual_information (validation)",
-        lambda: dg.mutual_information(loc[val], scale[val]),
+        lambda: mutual_information(loc[val], scale[val]),
         times,
     )
     lib = np.asarray(X.sum(1)).ravel()
     timed(
         "decoder_jacobian (500 cells)",
-        lambda: dg.decoder_jacobian(module, loc, lib, n_cells=500),
+        lambda: decoder_jacobian(module, loc, lib, n_cells=500),
         times,
     )
     iw = timed(
         f"iwae_log_likelihood (validation, K={args.k})",
-        lambda: dg.iwae_log_likelihood(module, X[val], k=args.k),
+        lambda: iwae_log_likelihood(module, X[val], k=args.k),
         times,
     )
     print(f"  sum of measures {sum(times.values()):.2f} s")
-    d = timed("diagnose() end to end", lambda: dg.diagnose(model, adata, k_iwae=args.k), times)
+    d = timed("diagnose() end to end", lambda: diagnose(model, adata, k_iwae=args.k), times)
     print(
         f"MI {mi['mi']:.3f} nats (cap {mi['mi_cap']:.2f}), IWAE {iw['iwae_ll_per_cell']:.1f} "
         f"nats/cell, ELBO {iw['elbo']:.1f}; verdict: {d['verdict']}"

@@ -13,7 +13,7 @@ Parts (each measurement runs in a fresh subprocess, so peak RSS is per run):
     the validation pass and the setup) on synthetic files of ``--sizes`` cells x 2000
     genes (:mod:`scvae.data.synthetic`, written to ``--data-dir`` on first use), at each of
     ``--batch-sizes``, with the counts in memory (``anndata.read_h5ad``) and on disk
-    (``scvae.data.readers.read_h5ad(backed=True)``, block shuffle). Reports cells/s, seconds per
+    (``scvae.data.h5ad.read_h5ad(backed=True)``, block shuffle). Reports cells/s, seconds per
     1,000 cells and peak RSS against the size of the CSR arrays.
 ``compare``
     PBMC 4k (``../shared/data/pbmc4k_top2000.h5``, the workflow's preprocessing), the
@@ -37,7 +37,7 @@ Parts (each measurement runs in a fresh subprocess, so peak RSS is per run):
     The ``recommended`` variant at batch sizes 128, 256, 512 and 1024 (everything else
     at its config value): epochs run, time, cells/s, validation ELBO, KMeans ARI.
 ``diagnostics``
-    ``scvae.diagnostics.core.diagnose`` (MI on 10,000 cells, IWAE K=100 on the validation
+    ``scvae.diagnostics.run.diagnose`` (MI on 10,000 cells, IWAE K=100 on the validation
     split, decoder Jacobian on 500 cells) on a model of 100,000 synthetic cells.
 
 Results go to ``--out`` (JSON) and are printed as markdown tables.
@@ -145,7 +145,7 @@ def worker_epoch(a: dict) -> dict:
 
     import scvae
     from scvae.config import resolve_variant
-    from scvae.data.readers import read_h5ad
+    from scvae.data.h5ad import read_h5ad
 
     torch.set_num_threads(a["threads"])
     load0 = load()
@@ -360,7 +360,7 @@ def _scvi_fit(adata, labels, a: dict) -> dict:
 def worker_preprocess(a: dict) -> dict:
     """The workflow's preprocess stage on a synthetic file, streamed or in memory."""
     os.environ["SCVAE_BACKED_MIN_GB"] = "0" if a["mode"] == "streamed" else "inf"
-    from scvae.preprocess.memory import run_preprocess
+    from scvae.preprocess.run import run_preprocess
 
     out = Path(a["out"])
     started = time.perf_counter()
@@ -412,7 +412,7 @@ def worker_diagnostics(a: dict) -> dict:
     import torch
 
     import scvae
-    from scvae.diagnostics import core as dg
+    import scvae.diagnostics.run as dg
 
     torch.set_num_threads(a["threads"])
     adata = anndata.read_h5ad(a["path"])
@@ -436,7 +436,7 @@ def worker_diagnostics(a: dict) -> dict:
 
         return wrapper
 
-    for name in ("_encode", "mutual_information", "iwae_log_likelihood", "decoder_jacobian"):
+    for name in ("encode", "mutual_information", "iwae_log_likelihood", "decoder_jacobian"):
         setattr(dg, name, timed(name, getattr(dg, name)))
     load0 = load()
     started = time.perf_counter()

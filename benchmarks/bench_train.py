@@ -34,7 +34,7 @@ import scvae  # noqa: E402
 from scvae.baseline import parse_target_sum, pca_embedding  # noqa: E402
 from scvae.config import preprocess_settings, resolve_variant  # noqa: E402
 from scvae.data.readers import read_counts  # noqa: E402
-from scvae.diagnostics.core import diagnose  # noqa: E402
+from scvae.diagnostics.run import diagnose  # noqa: E402
 from scvae.metrics import kmeans_ari_nmi  # noqa: E402
 from scvae.preprocess.memory import preprocess  # noqa: E402
 

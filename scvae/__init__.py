@@ -14,7 +14,6 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "SCVAE": "scvae.model",
         "train": "scvae.training.loop",
         "read_counts": "scvae.data.readers",
-        "read_h5ad": "scvae.data.readers",
-        "preprocess": "scvae.preprocess.memory",
+        "read_h5ad": "scvae.data.h5ad",
     },
 )

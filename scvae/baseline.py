@@ -39,7 +39,7 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
-from scvae.data.readers import read_h5ad, write_h5ad
+from scvae.data.h5ad import read_h5ad, write_h5ad
 from scvae.errors import InputError
 
 __all__ = [

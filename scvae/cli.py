@@ -61,7 +61,7 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> None:
-    from scvae.preprocess.memory import run_preprocess
+    from scvae.preprocess.run import run_preprocess
 
     run_preprocess(
         args.input,
@@ -78,7 +78,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.training.loop import run_train
+    from scvae.training.run import run_train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_diagnose(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.diagnostics.core import run_diagnose
+    from scvae.diagnostics.run import run_diagnose
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,7 +147,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_atlas_run(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.atlas.core import run_atlas_job
+    from scvae.atlas.runs import run_atlas_job
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,7 +158,7 @@ def _cmd_atlas_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_atlas_report(args: argparse.Namespace) -> None:
-    from scvae.atlas.core import run_atlas_report
+    from scvae.atlas.report import run_atlas_report
 
     run_atlas_report(
         args.inputs,

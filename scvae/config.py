@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS
+from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS, default_settings
 
 
 def resolve_variant(config: Mapping, variant: str, seed: int) -> dict:
-    """Settings of one run: the shared ``defaults``, then the variant's overrides, then the seed.
+    """Complete settings of one run: package defaults, config ``defaults``, variant, seed.
+
+    Later sources override earlier ones.
 
     Parameters
     ----------
@@ -22,18 +24,20 @@ def resolve_variant(config: Mapping, variant: str, seed: int) -> dict:
     Returns
     -------
     dict
-        Flat settings accepted by :func:`scvae.train`.
+        Flat settings accepted by :func:`scvae.train`, every model and training key
+        present (:func:`scvae.training.settings.default_settings` fills what the config
+        leaves out), so that no caller needs a fallback value.
     """
     variants = config.get("variants", {})
     if variant not in variants:
         raise KeyError(
             f"variant {variant!r} is not defined in config 'variants' ({sorted(variants)})"
         )
-    settings = {**config.get("defaults", {}), **(variants[variant] or {}), "seed": int(seed)}
-    unknown = sorted(set(settings) - MODEL_KEYS - TRAIN_KEYS)
+    chosen = {**config.get("defaults", {}), **(variants[variant] or {}), "seed": int(seed)}
+    unknown = sorted(set(chosen) - MODEL_KEYS - TRAIN_KEYS)
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown setting(s) {unknown}")
-    return settings
+    return {**default_settings(), **chosen}
 
 
 # Config values that mean "no filter"; the preprocessing functions take None for that.

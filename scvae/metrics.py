@@ -2,8 +2,9 @@
 
 One metric per function, in the style of scib-metrics: ``f(X or labels, labels, ...) ->
 float``. Nothing here touches AnnData or the global random state; functions that sample
-take ``rng`` (a :class:`numpy.random.Generator` or an int seed) explicitly. The AnnData
-edge is :func:`scvae.cluster.score`.
+take ``rng`` (a :class:`numpy.random.Generator` or an int seed) explicitly;
+:func:`seed_from` turns one into a seed for libraries that take ``random_state``. The
+AnnData edge is :func:`scvae.scores.score`. ``__all__`` lists the metrics.
 
 Conventions
 -----------
@@ -59,10 +60,20 @@ def _as_generator(rng: np.random.Generator | int) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
-def _seed_from(rng: np.random.Generator | int) -> int:
+def seed_from(rng: np.random.Generator | int) -> int:
     """Turn ``rng`` into an int seed for libraries that take ``random_state``.
 
     An int is passed through unchanged so that ``rng=0`` means ``random_state=0``.
+
+    Parameters
+    ----------
+    rng
+        Generator (one draw is taken from it) or seed.
+
+    Returns
+    -------
+    int
+        The seed.
     """
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(0, 2**31 - 1))
@@ -303,7 +314,7 @@ def kmeans_ari_nmi(
         raise ValueError(f"n_clusters must be in [1, {X.shape[0]}], got {k}")
     if n_repeats < 1:
         raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
-    seed = _seed_from(rng)
+    seed = seed_from(rng)
     scores = []
     for r in range(n_repeats):
         pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed + r).fit_predict(X)

@@ -12,10 +12,11 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from scvae.data.loaders import CountBatches, counts_matrix
+from scvae.data.loaders import counts_matrix
 from scvae.data.ondisk import take_columns
 from scvae.errors import InputError
 from scvae.module.config import VAEConfig
+from scvae.module.encoding import encode
 from scvae.module.vae import VAE
 from scvae.training.settings import TrainConfig
 from scvae.utils.atomic import atomic_path
@@ -106,18 +107,10 @@ class SCVAE:
             ``(cells, n_latent)`` means, and the standard deviations when asked.
         """
         X = self.aligned_counts(adata, layer)
-        loader = CountBatches(X, np.arange(X.shape[0]), batch_size)
-        was_training = self.module.training
-        self.module.eval()
-        locs, scales = [], []
-        try:
-            for x in loader.epoch(0, self.device):
-                qz = self.module.inference(x)["qz"]
-                locs.append(qz.loc.cpu().numpy())
-                scales.append(qz.scale.cpu().numpy())
-        finally:
-            self.module.train(was_training)
-        loc, scale = np.concatenate(locs), np.concatenate(scales)
+        loc, scale = encode(self.module, X, batch_size)
+        # The module runs in float32 (as it always did here: the counts are float32), and
+        # float32 -> float64 -> float32 returns its numbers exactly.
+        loc, scale = loc.astype(np.float32), scale.astype(np.float32)
         return (loc, scale) if return_scale else loc
 
     def save(self, path: str | os.PathLike) -> None:

@@ -40,7 +40,7 @@ def small_counts() -> anndata.AnnData:
 @pytest.fixture(scope="session")
 def pbmc300_h5ad(tmp_path_factory) -> Path:
     """The `.test` data set (300 real PBMC cells) preprocessed with the default filters."""
-    from scvae.preprocess.memory import run_preprocess
+    from scvae.preprocess.run import run_preprocess
 
     folder = tmp_path_factory.mktemp("pbmc300")
     root = Path(__file__).resolve().parents[1]
@@ -50,3 +50,40 @@ def pbmc300_h5ad(tmp_path_factory) -> Path:
         folder / "qc.png",
     )
     return folder / "preprocessed.h5ad"
+
+
+PBMC_CELLS = 600
+
+
+@pytest.fixture(scope="module")
+def pbmc_counts(shared_data: Path) -> anndata.AnnData:
+    """600 random cells of PBMC 4k (top 2000 genes) in the preprocessing stage's layout."""
+    import h5py
+
+    path = shared_data / "pbmc4k_top2000.h5"
+    if not path.is_file():
+        pytest.skip(f"real data not found at {path} (needs the shared data folder)")
+    with h5py.File(path) as f:
+        n = f["X"].shape[0]
+        idx = np.sort(np.random.default_rng(0).choice(n, PBMC_CELLS, replace=False))
+        X = f["X"][idx]
+        y = f["Y"][idx]
+    counts = sparse.csr_matrix(X.astype(np.float32))
+    adata = anndata.AnnData(
+        X=counts,
+        obs=pd.DataFrame(index=[f"cell{i}" for i in idx]),
+        var=pd.DataFrame(index=[f"gene{j}" for j in range(X.shape[1])]),
+    )
+    adata.layers["counts"] = counts.copy()
+    adata.obs["label"] = pd.Categorical(y.astype(int).astype(str))
+    return adata
+
+
+@pytest.fixture(scope="module")
+def pbmc_pca(pbmc_counts: anndata.AnnData) -> anndata.AnnData:
+    """:func:`pbmc_counts` with a 10-dimensional PCA baseline in ``obsm["X_scvae"]``."""
+    from scvae.baseline import pca_embedding
+
+    adata = pbmc_counts.copy()
+    adata.obsm["X_scvae"] = pca_embedding(adata, n_components=10)
+    return adata

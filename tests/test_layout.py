@@ -135,6 +135,23 @@ def test_only_the_atlas_and_the_cli_import_the_atlas():
     assert offenders == []
 
 
+def test_no_package_name_is_shadowed_by_a_submodule():
+    # Importing scvae.x.y sets the attribute y of scvae.x to the module, which then hides a
+    # lazy name y of scvae.x (the function would turn into a module after first use).
+    import importlib
+
+    clashes = []
+    for name, path in _modules().items():
+        if path.name != "__init__.py":
+            continue
+        package = importlib.import_module(name)
+        children = {p.stem for p in path.parent.glob("*.py")} | {
+            p.name for p in path.parent.iterdir() if (p / "__init__.py").exists()
+        }
+        clashes += [f"{name}.{n}" for n in getattr(package, "__all__", []) if n in children]
+    assert clashes == []
+
+
 def _loaded_after(code: str) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],

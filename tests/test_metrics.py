@@ -161,3 +161,9 @@ def test_modularity_edge_cases():
     assert math.isnan(M.modularity(sp.csr_matrix((5, 5)), np.arange(5)))
     with pytest.raises(ValueError, match="square"):
         M.modularity(sp.csr_matrix((5, 4)), np.arange(5))
+
+
+def test_seed_from_passes_ints_through_and_draws_from_generators():
+    assert M.seed_from(7) == 7
+    a = M.seed_from(np.random.default_rng(0))
+    assert a == M.seed_from(np.random.default_rng(0)) and 0 <= a < 2**31 - 1

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from scvae import compare
-from scvae.diagnostics.core import run_diagnose
-from scvae.training.loop import run_train
+from scvae.diagnostics.run import run_diagnose
+from scvae.training.run import run_train
 
 SETTINGS = {
     "n_latent": 4,

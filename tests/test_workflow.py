@@ -57,7 +57,7 @@ def interrupted_run(tmp_path_factory) -> dict:
 
     As soon as the first training checkpoint appears the whole process group of
     Snakemake gets SIGKILL, as from a scheduler or a lost node. The run is then
-    unlocked and rerun with ``--rerun-incomplete``, as the README says.
+    unlocked and rerun with ``--rerun-incomplete``, as docs/troubleshooting.md says.
     """
     workdir = tmp_path_factory.mktemp("wf")
     shutil.copytree(ROOT / ".test" / "config", workdir / "config")

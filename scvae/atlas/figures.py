@@ -1,11 +1,10 @@
 """Figures of the collapse atlas: sweeps, remedies, KL vs sensitivity, MI identity.
 
 Each function draws one PNG and writes it atomically, with the conventions of
-:mod:`scvae.plotting.comparison`: :class:`matplotlib.figure.Figure` objects built directly
-(no pyplot, so no global backend or figure registry is touched) and the same DPI.
+:mod:`scvae.plotting.style` (no pyplot, one DPI).
 
-The inputs are the run records of :func:`scvae.atlas.core.run_atlas_job` (one dict per run
-and seed) or their table, :func:`scvae.atlas.core.collect`. :func:`write_atlas_figures`
+The inputs are the run records of :func:`scvae.atlas.runs.run_atlas_job` (one dict per run
+and seed) or their table, :func:`scvae.atlas.tables.collect`. :func:`write_atlas_figures`
 draws every figure whose data are present.
 """
 
@@ -28,7 +27,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from scvae.plotting.comparison import _empty, _offsets, _palette, _save
+from scvae.atlas.tables import COLLAPSE_MI, RESTORE_TOLERANCE, collect, is_collapsed
+from scvae.plotting.style import empty_panel, offsets, palette, save_figure
 
 __all__ = [
     "plot_kl_vs_sensitivity",
@@ -41,11 +41,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: MI (nats) below which a run counts as collapsed, as in :func:`scvae.atlas.core.collect`.
-COLLAPSE_MI = 0.1
-#: A remedy succeeds when its ARI on a posterior draw is within this of the healthy one.
-HEALTHY_MARGIN = 0.05
 
 _DATASET_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 _COLLAPSED_COLOUR = "tab:red"
@@ -89,7 +84,7 @@ def _datasets(df: pd.DataFrame) -> list[str]:
 def _dataset_colours(datasets: Sequence[str]) -> dict[str, Any]:
     # Colours come from the sorted list of every dataset in the table, so a dataset keeps
     # its colour in every figure drawn from the same table.
-    return dict(zip(datasets, _palette(len(datasets)), strict=True))
+    return dict(zip(datasets, palette(len(datasets)), strict=True))
 
 
 def _ordered(data: pd.DataFrame, column: str) -> list[str]:
@@ -115,7 +110,7 @@ def _zero_floor(ax: Axes) -> None:
 
 
 def _note(ax: Axes, message: str) -> None:
-    """A grey message in the middle of ``ax``; ticks kept, unlike report's ``_empty``.
+    """A grey message in the middle of ``ax``; ticks kept, unlike ``empty_panel``.
 
     Clearing the ticks of an axes with shared axes would clear them on its siblings.
     """
@@ -156,12 +151,67 @@ def _collapsed(df: pd.DataFrame) -> np.ndarray:
         return df["collapsed"].fillna(False).to_numpy(dtype=bool)
     mi = df["mi"].to_numpy(dtype=float)
     au = df["active_units"].to_numpy(dtype=float)
-    return (mi < COLLAPSE_MI) | (au == 0)
+    return is_collapsed(mi, au)
 
 
 # --------------------------------------------------------------------------------------
-# sweeps
+# sweeps and remedies: MI, active units and ARI in three rows
 # --------------------------------------------------------------------------------------
+
+
+def _collapse_lines(ax_mi: Axes, ax_au: Axes, data: pd.DataFrame) -> None:
+    """The collapse threshold on the MI row and ``n_latent`` on the active-units row."""
+    ax_mi.axhline(COLLAPSE_MI, color="0.25", ls=":", lw=1.3)
+    n_latent = np.nanmax(data["n_latent"].to_numpy(dtype=float))
+    if np.isfinite(n_latent):
+        ax_au.axhline(n_latent, color="0.5", ls=":", lw=1.3)
+
+
+def _collapse_handles() -> list[Line2D]:
+    """Legend entries of :func:`_collapse_lines`."""
+    return [
+        Line2D([], [], color="0.25", ls=":", lw=1.3, label=f"collapse: MI = {COLLAPSE_MI} nats"),
+        Line2D([], [], color="0.5", ls=":", lw=1.3, label="n_latent"),
+    ]
+
+
+def _label_mi_au(ax_mi: Axes, ax_au: Axes) -> None:
+    ax_mi.set_ylabel("I(x; z) (nats)")
+    ax_mi.set_title("Mutual information between x and z", fontsize=10)
+    ax_au.set_ylabel("active latent units")
+    ax_au.set_title("Active units", fontsize=10)
+
+
+def _sweep_lines(
+    axes: Sequence[Axes],
+    df: pd.DataFrame,
+    runs: pd.DataFrame,
+    dataset: str,
+    position: Mapping,
+    colour: Any,
+) -> None:
+    """One dataset's sweep: means over seeds as lines, seeds as dots when there are several."""
+    ax_mi, ax_au, ax_ari = axes
+    x_all = runs["point"].astype(str).map(position).to_numpy(dtype=float)
+    means = runs.assign(_x=x_all).groupby("_x")[
+        ["mi", "active_units", "kmeans_ari", "kmeans_ari_sample"]
+    ]
+    means = means.mean().sort_index()
+    x = means.index.to_numpy(dtype=float)
+    several = runs.groupby("point").size().max() > 1
+    series = (
+        (ax_mi, "mi", "-", "o"),
+        (ax_au, "active_units", "-", "o"),
+        (ax_ari, "kmeans_ari", "-", "o"),
+        (ax_ari, "kmeans_ari_sample", "--", "s"),
+    )
+    for ax, column, ls, marker in series:
+        ax.plot(x, means[column], color=colour, ls=ls, marker=marker, ms=5, lw=1.6)
+        if several:
+            ax.scatter(x_all, runs[column], color=colour, s=10, alpha=0.5, lw=0, marker=marker)
+    healthy = _healthy_mean(df, dataset, "mi")
+    if np.isfinite(healthy):
+        ax_mi.axhline(healthy, color=colour, ls="--", lw=1.1, alpha=0.8)
 
 
 def plot_sweeps(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> None:
@@ -177,8 +227,8 @@ def plot_sweeps(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> No
     Parameters
     ----------
     df
-        Per-run table from :func:`scvae.atlas.core.collect`; the rows of stage ``sweep`` and
-        this mechanism are drawn, the ``healthy`` rows give the reference.
+        Per-run table from :func:`scvae.atlas.tables.collect`; the rows of stage
+        ``sweep`` and this mechanism are drawn, the ``healthy`` rows give the reference.
     mechanism
         Mechanism name.
     path
@@ -189,11 +239,11 @@ def plot_sweeps(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> No
     colours = _dataset_colours(datasets)
     points = _ordered(data, "point")
     fig = Figure(figsize=(max(7.0, 0.9 * len(points) + 4.0), 9.5), layout="constrained")
-    ax_mi, ax_au, ax_ari = fig.subplots(3, 1, sharex=True)
+    axes = ax_mi, ax_au, ax_ari = fig.subplots(3, 1, sharex=True)
     drawn: list[str] = []
     if not points:
-        for ax in (ax_mi, ax_au, ax_ari):
-            _empty(ax, f"no sweep runs of {mechanism}")
+        for ax in axes:
+            empty_panel(ax, f"no sweep runs of {mechanism}")
     else:
         position = {p: i for i, p in enumerate(points)}
         for dataset in datasets:
@@ -201,39 +251,13 @@ def plot_sweeps(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> No
             if runs.empty:
                 continue
             drawn.append(dataset)
-            c = colours[dataset]
-            x_all = runs["point"].astype(str).map(position).to_numpy(dtype=float)
-            means = runs.assign(_x=x_all).groupby("_x")[
-                ["mi", "active_units", "kmeans_ari", "kmeans_ari_sample"]
-            ]
-            means = means.mean().sort_index()
-            x = means.index.to_numpy(dtype=float)
-            several = runs.groupby("point").size().max() > 1
-            series = (
-                (ax_mi, "mi", "-", "o"),
-                (ax_au, "active_units", "-", "o"),
-                (ax_ari, "kmeans_ari", "-", "o"),
-                (ax_ari, "kmeans_ari_sample", "--", "s"),
-            )
-            for ax, column, ls, marker in series:
-                ax.plot(x, means[column], color=c, ls=ls, marker=marker, ms=5, lw=1.6)
-                if several:
-                    ax.scatter(x_all, runs[column], color=c, s=10, alpha=0.5, lw=0, marker=marker)
-            healthy = _healthy_mean(df, dataset, "mi")
-            if np.isfinite(healthy):
-                ax_mi.axhline(healthy, color=c, ls="--", lw=1.1, alpha=0.8)
-        ax_mi.axhline(COLLAPSE_MI, color="0.25", ls=":", lw=1.3)
-        n_latent = np.nanmax(data["n_latent"].to_numpy(dtype=float))
-        if np.isfinite(n_latent):
-            ax_au.axhline(n_latent, color="0.5", ls=":", lw=1.3)
-        for ax in (ax_mi, ax_au, ax_ari):
+            _sweep_lines(axes, df, runs, dataset, position, colours[dataset])
+        _collapse_lines(ax_mi, ax_au, data)
+        for ax in axes:
             ax.grid(alpha=0.3)
             _zero_floor(ax)
         _categorical_xticks(ax_ari, points)
-    ax_mi.set_ylabel("I(x; z) (nats)")
-    ax_mi.set_title("Mutual information between x and z", fontsize=10)
-    ax_au.set_ylabel("active latent units")
-    ax_au.set_title("Active units", fontsize=10)
+    _label_mi_au(ax_mi, ax_au)
     ax_ari.set_ylabel("KMeans ARI vs cell-type labels")
     ax_ari.set_title("Clustering of the latent space", fontsize=10)
     ax_ari.set_xlabel(f"{mechanism} sweep point")
@@ -245,16 +269,10 @@ def plot_sweeps(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> No
         Line2D([], [], color="0.3", marker="o", ms=5, label="ARI on posterior means"),
         Line2D([], [], color="0.3", ls="--", marker="s", ms=5, label="ARI on a posterior draw"),
         Line2D([], [], color="0.3", ls="--", lw=1.1, label="healthy reference MI"),
-        Line2D([], [], color="0.25", ls=":", lw=1.3, label=f"collapse: MI = {COLLAPSE_MI} nats"),
-        Line2D([], [], color="0.5", ls=":", lw=1.3, label="n_latent"),
+        *_collapse_handles(),
     ]
     _legends(fig, drawn, colours, handles)
-    _save(fig, path)
-
-
-# --------------------------------------------------------------------------------------
-# remedies
-# --------------------------------------------------------------------------------------
+    save_figure(fig, path)
 
 
 def _mean_sd_dots(ax: Axes, x: float, values: np.ndarray, colour: Any) -> None:
@@ -267,6 +285,28 @@ def _mean_sd_dots(ax: Axes, x: float, values: np.ndarray, colour: Any) -> None:
     ax.scatter(np.full(values.size, x + 0.06), values, color=colour, s=9, alpha=0.7, lw=0, zorder=4)
 
 
+def _remedy_dots(
+    axes: Sequence[Axes],
+    df: pd.DataFrame,
+    runs: pd.DataFrame,
+    dataset: str,
+    remedies: Sequence[str],
+    shift: float,
+    colour: Any,
+) -> None:
+    """One dataset's remedies (mean ± sd and seeds) and its healthy band on the ARI row."""
+    ax_mi, ax_au, ax_ari = axes
+    for i, remedy in enumerate(remedies):
+        rows = runs[runs["remedy"].astype(str) == remedy]
+        for ax, column in ((ax_mi, "mi"), (ax_au, "active_units"), (ax_ari, "kmeans_ari_sample")):
+            _mean_sd_dots(ax, i + shift, rows[column].to_numpy(dtype=float), colour)
+    healthy = _healthy_mean(df, dataset, "kmeans_ari_sample")
+    if np.isfinite(healthy):
+        ax_ari.axhspan(healthy - RESTORE_TOLERANCE, healthy, color=colour, alpha=0.1, lw=0)
+        ax_ari.axhline(healthy, color=colour, lw=1.2)
+        ax_ari.axhline(healthy - RESTORE_TOLERANCE, color=colour, lw=1.0, ls="--")
+
+
 def plot_remedies(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> None:
     """Each remedy of one mechanism against the healthy reference, per dataset.
 
@@ -275,13 +315,14 @@ def plot_remedies(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> 
     posterior draw per cell. Each dataset is a colour, slightly shifted sideways: mean
     ± standard deviation over seeds with the seeds as small dots. In the ARI row a
     solid line marks the healthy reference (mean over its seeds) and a dashed one the
-    target ``healthy - 0.05``; the band between them is "within 0.05 of healthy".
+    target ``healthy - 0.05`` (:data:`scvae.atlas.tables.RESTORE_TOLERANCE`); the band
+    between them is "within 0.05 of healthy".
 
     Parameters
     ----------
     df
-        Per-run table from :func:`scvae.atlas.core.collect` (rows of stage ``remedy`` of
-        this mechanism, and the ``healthy`` rows).
+        Per-run table from :func:`scvae.atlas.tables.collect` (rows of stage ``remedy``
+        of this mechanism, and the ``healthy`` rows).
     mechanism
         Mechanism name.
     path
@@ -292,45 +333,26 @@ def plot_remedies(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> 
     colours = _dataset_colours(datasets)
     remedies = _ordered(data, "remedy")
     fig = Figure(figsize=(max(7.0, 1.1 * len(remedies) + 4.0), 9.5), layout="constrained")
-    ax_mi, ax_au, ax_ari = fig.subplots(3, 1, sharex=True)
+    axes = ax_mi, ax_au, ax_ari = fig.subplots(3, 1, sharex=True)
     drawn = [d for d in datasets if (data["dataset"] == d).any()]
     if not remedies:
-        for ax in (ax_mi, ax_au, ax_ari):
-            _empty(ax, f"no remedy runs of {mechanism}")
+        for ax in axes:
+            empty_panel(ax, f"no remedy runs of {mechanism}")
     else:
-        shifts = _offsets(len(drawn), min(0.5, 0.15 * len(drawn)))
+        shifts = offsets(len(drawn), min(0.5, 0.15 * len(drawn)))
         for dataset, shift in zip(drawn, shifts, strict=True):
-            c = colours[dataset]
             runs = data[data["dataset"] == dataset]
-            for i, remedy in enumerate(remedies):
-                rows = runs[runs["remedy"].astype(str) == remedy]
-                for ax, column in (
-                    (ax_mi, "mi"),
-                    (ax_au, "active_units"),
-                    (ax_ari, "kmeans_ari_sample"),
-                ):
-                    _mean_sd_dots(ax, i + shift, rows[column].to_numpy(dtype=float), c)
-            healthy = _healthy_mean(df, dataset, "kmeans_ari_sample")
-            if np.isfinite(healthy):
-                ax_ari.axhspan(healthy - HEALTHY_MARGIN, healthy, color=c, alpha=0.1, lw=0)
-                ax_ari.axhline(healthy, color=c, lw=1.2)
-                ax_ari.axhline(healthy - HEALTHY_MARGIN, color=c, lw=1.0, ls="--")
-        ax_mi.axhline(COLLAPSE_MI, color="0.25", ls=":", lw=1.3)
-        n_latent = np.nanmax(data["n_latent"].to_numpy(dtype=float))
-        if np.isfinite(n_latent):
-            ax_au.axhline(n_latent, color="0.5", ls=":", lw=1.3)
-        for ax in (ax_mi, ax_au, ax_ari):
+            _remedy_dots(axes, df, runs, dataset, remedies, shift, colours[dataset])
+        _collapse_lines(ax_mi, ax_au, data)
+        for ax in axes:
             ax.grid(axis="y", alpha=0.3)
             _zero_floor(ax)
         _categorical_xticks(ax_ari, remedies)
     point = _names(data["point"])
-    ax_mi.set_ylabel("I(x; z) (nats)")
-    ax_mi.set_title("Mutual information between x and z", fontsize=10)
-    ax_au.set_ylabel("active latent units")
-    ax_au.set_title("Active units", fontsize=10)
+    _label_mi_au(ax_mi, ax_au)
     ax_ari.set_ylabel("KMeans ARI vs labels\n(one posterior draw)")
     ax_ari.set_title(
-        f"Clustering of one posterior draw per cell (band: within {HEALTHY_MARGIN} "
+        f"Clustering of one posterior draw per cell (band: within {RESTORE_TOLERANCE} "
         "of the healthy reference)",
         fontsize=10,
     )
@@ -344,12 +366,11 @@ def plot_remedies(df: pd.DataFrame, mechanism: str, path: str | os.PathLike) -> 
         Line2D([], [], color="0.3", marker="o", ls="", label="mean ± sd over seeds"),
         Line2D([], [], color="0.3", marker="o", ms=3, ls="", label="seed"),
         Line2D([], [], color="0.3", lw=1.2, label="healthy reference ARI"),
-        Line2D([], [], color="0.3", lw=1.0, ls="--", label=f"healthy - {HEALTHY_MARGIN}"),
-        Line2D([], [], color="0.25", ls=":", lw=1.3, label=f"collapse: MI = {COLLAPSE_MI} nats"),
-        Line2D([], [], color="0.5", ls=":", lw=1.3, label="n_latent"),
+        Line2D([], [], color="0.3", lw=1.0, ls="--", label=f"healthy - {RESTORE_TOLERANCE}"),
+        *_collapse_handles(),
     ]
     _legends(fig, drawn, colours, handles)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -415,6 +436,53 @@ def _kl_sens_panel(ax: Axes, record: Mapping | None, floor: float, title: str) -
         )
 
 
+def _remedy_panels(
+    remedy_recs: Sequence[Mapping],
+) -> tuple[list[str], list[tuple[Mapping | None, str]]]:
+    """Mechanisms, and per mechanism the runs without and with its best remedy.
+
+    Returns
+    -------
+    tuple
+        The mechanisms in first-seen order, and ``(record or None, title)`` per panel:
+        for each mechanism its collapsing setting without remedy, then its best remedy
+        (each the run of its smallest seed).
+    """
+    mechanisms = _names(r.get("mechanism") for r in remedy_recs)
+    panels: list[tuple[Mapping | None, str]] = []
+    for mech in mechanisms:
+        mine = [r for r in remedy_recs if r.get("mechanism") == mech]
+        none = [r for r in mine if r.get("remedy") == "none"]
+        point = none[0].get("point") if none else mine[0].get("point")
+        panels.append((_first_seed(none), f"{mech}: no remedy ({point})"))
+        best = _best_remedy(mine)
+        chosen = [r for r in mine if r.get("remedy") == best]
+        panels.append((_first_seed(chosen), f"{mech}: best remedy, {best or 'none'}"))
+    return mechanisms, panels
+
+
+def _kl_sens_axes(
+    axes: np.ndarray, legend_ax: Axes | None, floor: float, positive: np.ndarray
+) -> None:
+    """Log sensitivity axes shared by every panel (``legend_ax`` holds only the legend)."""
+    any_data = False
+    for ax in axes.flat:
+        if ax is legend_ax:
+            continue
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.tick_params(labelbottom=True)
+        any_data = any_data or bool(ax.collections)
+    if any_data:
+        # Room around the extreme points for the index labels, and below the floor so
+        # that the triangles of zero sensitivity are not cut by the frame.
+        lo, hi = axes[0, 0].get_xlim()
+        span = max(hi, 1e-3)
+        axes[0, 0].set_xlim(-0.08 * span, hi + 0.08 * span)
+        top = float(positive.max()) if positive.size else floor * 10
+        axes[0, 0].set_ylim(floor / 3, top * 3)
+
+
 def plot_kl_vs_sensitivity(
     records: Sequence[Mapping], dataset: str, path: str | os.PathLike
 ) -> None:
@@ -430,7 +498,7 @@ def plot_kl_vs_sensitivity(
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.core.run_atlas_job` (stages ``remedy`` and
+        Run records of :func:`scvae.atlas.runs.run_atlas_job` (stages ``remedy`` and
         ``healthy`` are used).
     dataset
         Dataset to draw.
@@ -438,26 +506,16 @@ def plot_kl_vs_sensitivity(
         PNG to write.
     """
     recs = [r for r in records if str(r.get("dataset")) == dataset]
-    remedy_recs = [r for r in recs if r.get("stage") == "remedy"]
-    mechanisms = _names(r.get("mechanism") for r in remedy_recs)
-    panels: list[tuple[Mapping | None, str]] = []
-    for mech in mechanisms:
-        mine = [r for r in remedy_recs if r.get("mechanism") == mech]
-        none = [r for r in mine if r.get("remedy") == "none"]
-        point = none[0].get("point") if none else mine[0].get("point")
-        panels.append((_first_seed(none), f"{mech}: no remedy ({point})"))
-        best = _best_remedy(mine)
-        chosen = [r for r in mine if r.get("remedy") == best]
-        panels.append((_first_seed(chosen), f"{mech}: best remedy, {best or 'none'}"))
+    mechanisms, panels = _remedy_panels([r for r in recs if r.get("stage") == "remedy"])
     healthy = [r for r in recs if r.get("stage") == "healthy"]
     n_cols = len(mechanisms) + (1 if healthy else 0)
     # Without a healthy column the legend goes to the right, outside the panels.
     legend_width = 0.0 if healthy else 2.6
     fig = Figure(figsize=(max(6.0, 3.3 * n_cols + 0.8) + legend_width, 7.6), layout="constrained")
     if n_cols == 0:
-        _empty(fig.subplots(), f"no remedy or healthy runs for {dataset}")
+        empty_panel(fig.subplots(), f"no remedy or healthy runs for {dataset}")
         fig.suptitle(f"KL vs decoder sensitivity per latent dimension - {dataset}")
-        _save(fig, path)
+        save_figure(fig, path)
         return
     axes = fig.subplots(2, n_cols, sharex=True, sharey=True, squeeze=False)
     chosen_runs = [r for r, _ in panels if r is not None]
@@ -477,22 +535,7 @@ def plot_kl_vs_sensitivity(
         run = _first_seed(healthy)
         _kl_sens_panel(axes[0, -1], run, floor, f"healthy reference ({run.get('point')})")
         legend_ax.set_axis_off()
-    any_data = False
-    for ax in axes.flat:
-        if ax is legend_ax and healthy:
-            continue
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3, which="both")
-        ax.tick_params(labelbottom=True)
-        any_data = any_data or bool(ax.collections)
-    if any_data:
-        # Room around the extreme points for the index labels, and below the floor so
-        # that the triangles of zero sensitivity are not cut by the frame.
-        lo, hi = axes[0, 0].get_xlim()
-        span = max(hi, 1e-3)
-        axes[0, 0].set_xlim(-0.08 * span, hi + 0.08 * span)
-        top = float(positive.max()) if positive.size else floor * 10
-        axes[0, 0].set_ylim(floor / 3, top * 3)
+    _kl_sens_axes(axes, legend_ax if healthy else None, floor, positive)
     handles = [
         Line2D([], [], color=_HEALTHY_COLOUR, marker="o", ls="", label="latent dimension"),
         Line2D([], [], color="0.45", marker="v", ls="", label="sensitivity ~0 (axis floor)"),
@@ -509,12 +552,72 @@ def plot_kl_vs_sensitivity(
         f"KL vs decoder sensitivity per latent dimension - {dataset} "
         "(one run each: its smallest seed)"
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
 # MI + KL(q(z) || p(z)) = E[KL]
 # --------------------------------------------------------------------------------------
+
+
+def _mi_identity_runs(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Means over seeds of MI and KLs per remedy run, then the healthy reference.
+
+    Remedies are grouped by mechanism (in first-seen order) and listed in their order.
+    """
+    data = df[(df["dataset"] == dataset) & df["stage"].isin(["remedy", "healthy"])].copy()
+    data["_stage"] = (data["stage"] == "healthy").astype(int)
+    mech_rank = {m: i for i, m in enumerate(_names(data["mechanism"]))}
+    data["_mech"] = data["mechanism"].map(mech_rank).fillna(len(mech_rank))
+    keys = ["_stage", "_mech", "order", "stage", "mechanism", "point", "remedy"]
+    columns = ["mi", "kl_aggregate", "kl_total", "mi_cap"]
+    return (
+        data.groupby(keys, sort=True, dropna=False)[columns].mean().reset_index()
+        if not data.empty
+        else pd.DataFrame(columns=keys + columns)
+    )
+
+
+def _mi_identity_bars(ax: Axes, runs: pd.DataFrame) -> None:
+    """Stacked bars of MI and marginal KL, the measured expected KL and the numbers."""
+    n = len(runs)
+    labels = [
+        f"healthy: {r.point}" if r.stage == "healthy" else f"{r.mechanism}: {r.remedy}"
+        for r in runs.itertuples()
+    ]
+    y = np.arange(n)
+    mi = runs["mi"].to_numpy(dtype=float)
+    kla = runs["kl_aggregate"].to_numpy(dtype=float)
+    total = runs["kl_total"].to_numpy(dtype=float)
+    mi_bar = np.clip(np.nan_to_num(mi), 0, None)
+    kla_bar = np.clip(np.nan_to_num(kla), 0, None)
+    ax.barh(y, mi_bar, height=0.7, color="tab:blue")
+    ax.barh(y, kla_bar, height=0.7, left=mi_bar, color="tab:orange")
+    ax.scatter(total, y, marker="|", s=260, color="black", lw=2, zorder=3)
+    end = np.fmax(mi_bar + kla_bar, np.nan_to_num(total))
+    for yi, e, m, k, t in zip(y, end, mi, kla, total, strict=True):
+        ax.text(
+            e,
+            yi,
+            f"  {m:.2f} {'-' if k < 0 else '+'} {abs(k):.2f} = {m + k:.2f}  (measured {t:.2f})",
+            va="center",
+            fontsize=7.5,
+            color="0.2",
+        )
+    # Faint lines between mechanisms, so that each group of remedies reads as one.
+    groups = runs["_stage"].astype(str) + "/" + runs["mechanism"].astype(str)
+    for i in range(1, n):
+        if groups.iloc[i] != groups.iloc[i - 1]:
+            ax.axhline(i - 0.5, color="0.75", lw=0.8)
+    cap = float(np.nanmean(runs["mi_cap"].to_numpy(dtype=float)))
+    if np.isfinite(cap):
+        ax.axvline(cap, color="0.3", ls=":", lw=1.3)
+    right = float(np.nanmax(np.append(end, cap if np.isfinite(cap) else 0.0)))
+    # The written numbers need about 40 % of the axis beyond the longest bar.
+    ax.set_xlim(0, max(right, 1e-3) * 1.6)
+    ax.set_yticks(y, labels)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def plot_mi_identity(df: pd.DataFrame, dataset: str, path: str | os.PathLike) -> None:
@@ -530,66 +633,19 @@ def plot_mi_identity(df: pd.DataFrame, dataset: str, path: str | os.PathLike) ->
     Parameters
     ----------
     df
-        Per-run table from :func:`scvae.atlas.core.collect`.
+        Per-run table from :func:`scvae.atlas.tables.collect`.
     dataset
         Dataset to draw.
     path
         PNG to write.
     """
-    data = df[(df["dataset"] == dataset) & df["stage"].isin(["remedy", "healthy"])].copy()
-    data["_stage"] = (data["stage"] == "healthy").astype(int)
-    mech_rank = {m: i for i, m in enumerate(_names(data["mechanism"]))}
-    data["_mech"] = data["mechanism"].map(mech_rank).fillna(len(mech_rank))
-    keys = ["_stage", "_mech", "order", "stage", "mechanism", "point", "remedy"]
-    columns = ["mi", "kl_aggregate", "kl_total", "mi_cap"]
-    runs = (
-        data.groupby(keys, sort=True, dropna=False)[columns].mean().reset_index()
-        if not data.empty
-        else pd.DataFrame(columns=keys + columns)
-    )
-    n = len(runs)
-    fig = Figure(figsize=(10.0, 0.36 * n + 2.4), layout="constrained")
+    runs = _mi_identity_runs(df, dataset)
+    fig = Figure(figsize=(10.0, 0.36 * len(runs) + 2.4), layout="constrained")
     ax = fig.subplots()
-    if n == 0:
-        _empty(ax, f"no remedy or healthy runs for {dataset}")
+    if len(runs) == 0:
+        empty_panel(ax, f"no remedy or healthy runs for {dataset}")
     else:
-        labels = [
-            f"healthy: {r.point}" if r.stage == "healthy" else f"{r.mechanism}: {r.remedy}"
-            for r in runs.itertuples()
-        ]
-        y = np.arange(n)
-        mi = runs["mi"].to_numpy(dtype=float)
-        kla = runs["kl_aggregate"].to_numpy(dtype=float)
-        total = runs["kl_total"].to_numpy(dtype=float)
-        mi_bar = np.clip(np.nan_to_num(mi), 0, None)
-        kla_bar = np.clip(np.nan_to_num(kla), 0, None)
-        ax.barh(y, mi_bar, height=0.7, color="tab:blue")
-        ax.barh(y, kla_bar, height=0.7, left=mi_bar, color="tab:orange")
-        ax.scatter(total, y, marker="|", s=260, color="black", lw=2, zorder=3)
-        end = np.fmax(mi_bar + kla_bar, np.nan_to_num(total))
-        for yi, e, m, k, t in zip(y, end, mi, kla, total, strict=True):
-            ax.text(
-                e,
-                yi,
-                f"  {m:.2f} {'-' if k < 0 else '+'} {abs(k):.2f} = {m + k:.2f}  (measured {t:.2f})",
-                va="center",
-                fontsize=7.5,
-                color="0.2",
-            )
-        # Faint lines between mechanisms, so that each group of remedies reads as one.
-        groups = runs["_stage"].astype(str) + "/" + runs["mechanism"].astype(str)
-        for i in range(1, n):
-            if groups.iloc[i] != groups.iloc[i - 1]:
-                ax.axhline(i - 0.5, color="0.75", lw=0.8)
-        cap = float(np.nanmean(runs["mi_cap"].to_numpy(dtype=float)))
-        if np.isfinite(cap):
-            ax.axvline(cap, color="0.3", ls=":", lw=1.3)
-        right = float(np.nanmax(np.append(end, cap if np.isfinite(cap) else 0.0)))
-        # The written numbers need about 40 % of the axis beyond the longest bar.
-        ax.set_xlim(0, max(right, 1e-3) * 1.6)
-        ax.set_yticks(y, labels)
-        ax.set_ylim(n - 0.5, -0.5)
-        ax.grid(axis="x", alpha=0.3)
+        _mi_identity_bars(ax, runs)
     ax.set_xlabel("nats (mean over seeds)")
     ax.set_title(
         f"{dataset}: E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)), per run", fontsize=11
@@ -601,12 +657,40 @@ def plot_mi_identity(df: pd.DataFrame, dataset: str, path: str | os.PathLike) ->
         Line2D([], [], color="0.3", ls=":", lw=1.3, label="log N (largest MI)"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
 # vicious cycle
 # --------------------------------------------------------------------------------------
+
+
+def _vicious_cycle_column(axes: Sequence[Axes], recs: Sequence[Mapping], colours: Mapping) -> None:
+    """One dataset: log theta (top) and the training KL (bottom) against the epoch."""
+    ax_theta, ax_kl = axes
+    any_theta = False
+    for r in sorted(recs, key=lambda r: (int(r.get("order", 0)), int(r.get("seed", 0)))):
+        hist = r.get("history") or {}
+        kl = _floats(hist.get("train_kl"))
+        epoch = _floats(hist.get("epoch")) if hist.get("epoch") else np.arange(kl.size) + 1.0
+        theta = _floats(hist.get("theta_median"))
+        c = colours[str(r.get("point"))]
+        if kl.size == epoch.size:
+            ax_kl.plot(epoch, kl, color=c, lw=1.4)
+        if theta.size == epoch.size and (np.isfinite(theta) & (theta > 0)).any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_theta = np.where(theta > 0, np.log10(theta), np.nan)
+            ax_theta.plot(epoch, log_theta, color=c, lw=1.4)
+            any_theta = True
+    if not any_theta:
+        _note(ax_theta, "no dispersion theta recorded\n(Poisson likelihood?)")
+        # y is not shared, so clearing its ticks leaves the other columns alone.
+        ax_theta.set_yticks([])
+    ax_kl.set_xlabel("epoch")
+    ax_kl.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_theta.tick_params(labelbottom=True)
+    for ax in (ax_theta, ax_kl):
+        ax.grid(alpha=0.3)
 
 
 def plot_vicious_cycle(
@@ -623,7 +707,7 @@ def plot_vicious_cycle(
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.core.run_atlas_job`; the ``sweep`` runs of
+        Run records of :func:`scvae.atlas.runs.run_atlas_job`; the ``sweep`` runs of
         ``mechanism`` are drawn.
     path
         PNG to write.
@@ -645,36 +729,11 @@ def plot_vicious_cycle(
     axes = fig.subplots(2, n_cols, sharex="col", squeeze=False)
     if not recs:
         for ax in axes.flat:
-            _empty(ax, f"no sweep runs of {mechanism}")
+            empty_panel(ax, f"no sweep runs of {mechanism}")
     for j, dataset in enumerate(datasets):
-        ax_theta, ax_kl = axes[:, j]
-        any_theta = False
-        for r in sorted(recs, key=lambda r: (int(r.get("order", 0)), int(r.get("seed", 0)))):
-            if r.get("dataset") != dataset:
-                continue
-            hist = r.get("history") or {}
-            kl = _floats(hist.get("train_kl"))
-            epoch = _floats(hist.get("epoch")) if hist.get("epoch") else np.arange(kl.size) + 1.0
-            theta = _floats(hist.get("theta_median"))
-            c = colours[str(r.get("point"))]
-            if kl.size == epoch.size:
-                ax_kl.plot(epoch, kl, color=c, lw=1.4)
-            if theta.size == epoch.size and (np.isfinite(theta) & (theta > 0)).any():
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    log_theta = np.where(theta > 0, np.log10(theta), np.nan)
-                ax_theta.plot(epoch, log_theta, color=c, lw=1.4)
-                any_theta = True
-        if not any_theta:
-            _note(ax_theta, "no dispersion theta recorded\n(Poisson likelihood?)")
-            # y is not shared, so clearing its ticks leaves the other columns alone.
-            ax_theta.set_yticks([])
-        ax_theta.set_title(f"{dataset}: decoder dispersion", fontsize=10)
-        ax_kl.set_title(f"{dataset}: KL term", fontsize=10)
-        ax_kl.set_xlabel("epoch")
-        ax_kl.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax_theta.tick_params(labelbottom=True)
-        for ax in (ax_theta, ax_kl):
-            ax.grid(alpha=0.3)
+        _vicious_cycle_column(axes[:, j], [r for r in recs if r.get("dataset") == dataset], colours)
+        axes[0, j].set_title(f"{dataset}: decoder dispersion", fontsize=10)
+        axes[1, j].set_title(f"{dataset}: KL term", fontsize=10)
     axes[0, 0].set_ylabel("log10 median inverse dispersion theta\n(small: noisy decoder)")
     axes[1, 0].set_ylabel("training KL (nats per cell)")
     fig.suptitle(f"Vicious cycle ({mechanism} sweep): decoder dispersion and KL during training")
@@ -687,12 +746,56 @@ def plot_vicious_cycle(
             ncols=min(len(points), 6),
             frameon=False,
         )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
 # ARI on the means vs on a posterior draw
 # --------------------------------------------------------------------------------------
+
+
+def _means_vs_sample_points(
+    ax: Axes, data: pd.DataFrame, x: np.ndarray, y: np.ndarray, markers: Mapping[str, str]
+) -> None:
+    """Every run as a point (colour: collapsed or not; marker: dataset), the diagonal."""
+    datasets = list(markers)
+    collapsed = _collapsed(data)
+    names = data["dataset"].astype(str).to_numpy()
+    for dataset in datasets:
+        for flag, colour in ((False, _HEALTHY_COLOUR), (True, _COLLAPSED_COLOUR)):
+            sel = (names == dataset) & (collapsed == flag)
+            ax.scatter(
+                x[sel],
+                y[sel],
+                marker=markers[dataset],
+                color=colour,
+                s=36,
+                alpha=0.75,
+                edgecolor="white",
+                lw=0.5,
+                zorder=3,
+            )
+    lo = min(0.0, float(np.min(np.concatenate([x, y])))) - 0.03
+    hi = max(1.0, float(np.max(np.concatenate([x, y])))) + 0.03
+    ax.plot([lo, hi], [lo, hi], color="0.4", ls="--", lw=1.1, zorder=1)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    handles = [
+        Line2D([], [], color=_HEALTHY_COLOUR, marker="o", ls="", label="not collapsed"),
+        Line2D(
+            [],
+            [],
+            color=_COLLAPSED_COLOUR,
+            marker="o",
+            ls="",
+            label=f"collapsed (MI < {COLLAPSE_MI} or AU = 0)",
+        ),
+        Line2D([], [], color="0.4", ls="--", label="y = x"),
+    ]
+    handles += [Line2D([], [], color="0.3", marker=markers[d], ls="", label=d) for d in datasets]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
 
 
 def plot_means_vs_sample(df: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -706,7 +809,7 @@ def plot_means_vs_sample(df: pd.DataFrame, path: str | os.PathLike) -> None:
     Parameters
     ----------
     df
-        Per-run table from :func:`scvae.atlas.core.collect` (all stages).
+        Per-run table from :func:`scvae.atlas.tables.collect` (all stages).
     path
         PNG to write.
     """
@@ -719,48 +822,9 @@ def plot_means_vs_sample(df: pd.DataFrame, path: str | os.PathLike) -> None:
     fig = Figure(figsize=(8.6, 6.4), layout="constrained")
     ax = fig.subplots()
     if data.empty:
-        _empty(ax, "no runs with both ARIs")
+        empty_panel(ax, "no runs with both ARIs")
     else:
-        x, y = x_all[ok], y_all[ok]
-        collapsed = _collapsed(data)
-        names = data["dataset"].astype(str).to_numpy()
-        for dataset in datasets:
-            for flag, colour in ((False, _HEALTHY_COLOUR), (True, _COLLAPSED_COLOUR)):
-                sel = (names == dataset) & (collapsed == flag)
-                ax.scatter(
-                    x[sel],
-                    y[sel],
-                    marker=markers[dataset],
-                    color=colour,
-                    s=36,
-                    alpha=0.75,
-                    edgecolor="white",
-                    lw=0.5,
-                    zorder=3,
-                )
-        lo = min(0.0, float(np.min(np.concatenate([x, y])))) - 0.03
-        hi = max(1.0, float(np.max(np.concatenate([x, y])))) + 0.03
-        ax.plot([lo, hi], [lo, hi], color="0.4", ls="--", lw=1.1, zorder=1)
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_aspect("equal")
-        ax.grid(alpha=0.3)
-        handles = [
-            Line2D([], [], color=_HEALTHY_COLOUR, marker="o", ls="", label="not collapsed"),
-            Line2D(
-                [],
-                [],
-                color=_COLLAPSED_COLOUR,
-                marker="o",
-                ls="",
-                label=f"collapsed (MI < {COLLAPSE_MI} or AU = 0)",
-            ),
-            Line2D([], [], color="0.4", ls="--", label="y = x"),
-        ]
-        handles += [
-            Line2D([], [], color="0.3", marker=markers[d], ls="", label=d) for d in datasets
-        ]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        _means_vs_sample_points(ax, data, x_all[ok], y_all[ok], markers)
     ax.set_xlabel("KMeans ARI on the posterior means")
     ax.set_ylabel("KMeans ARI on one posterior draw per cell")
     ax.set_title(
@@ -768,7 +832,7 @@ def plot_means_vs_sample(df: pd.DataFrame, path: str | os.PathLike) -> None:
         "\nbelow the diagonal: the means overstate the structure of the code",
         fontsize=10,
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -790,7 +854,7 @@ def write_atlas_figures(records: Sequence[Mapping], out_dir: str | os.PathLike) 
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.core.run_atlas_job`.
+        Run records of :func:`scvae.atlas.runs.run_atlas_job`.
     out_dir
         Folder for the PNGs (created if needed).
 
@@ -799,8 +863,6 @@ def write_atlas_figures(records: Sequence[Mapping], out_dir: str | os.PathLike) 
     list of Path
         The files written, in the order above.
     """
-    from scvae.atlas.core import collect
-
     if not records:
         logger.warning("no atlas records: no figures")
         return []

@@ -1,16 +1,17 @@
-"""Reading counts: formats, input checks, on-disk CSR, minibatch loaders, synthetic data."""
+"""Reading counts: formats, input checks, h5ad files, on-disk CSR, loaders, synthetic data."""
 
 from scvae.utils.lazy import lazy_attributes
 
 __getattr__, __dir__, __all__ = lazy_attributes(
     __name__,
     {
-        "FORMATS": "scvae.data.readers",
-        "check_counts": "scvae.data.readers",
-        "detect_format": "scvae.data.readers",
+        "check_counts": "scvae.data.checks",
+        "check_counts_chunked": "scvae.data.checks",
+        "FORMATS": "scvae.data.formats",
+        "detect_format": "scvae.data.formats",
         "read_counts": "scvae.data.readers",
-        "read_h5ad": "scvae.data.readers",
-        "write_h5ad": "scvae.data.readers",
+        "read_h5ad": "scvae.data.h5ad",
+        "write_h5ad": "scvae.data.h5ad",
         "H5CSR": "scvae.data.ondisk",
         "CSRWriter": "scvae.data.ondisk",
         "row_sums": "scvae.data.ondisk",

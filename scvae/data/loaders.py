@@ -144,7 +144,7 @@ def counts_matrix(adata: AnnData, layer: str | None = "counts") -> sp.csr_matrix
     """The raw counts of ``adata`` as CSR: ``layers[layer]`` when present, else ``X``.
 
     Counts on disk (a backed AnnData's CSR ``X`` or layer, see
-    :func:`scvae.data.readers.read_h5ad`) stay there, as a :class:`scvae.data.ondisk.H5CSR`.
+    :func:`scvae.data.h5ad.read_h5ad`) stay there, as a :class:`scvae.data.ondisk.H5CSR`.
     """
     X = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
     if is_ondisk(X):

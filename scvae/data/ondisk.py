@@ -12,9 +12,9 @@ its minibatches by *block shuffle* (:class:`scvae.data.loaders.CountBatches` wit
 several blocks is read at once, and the rows of the window are shuffled before being
 cut into minibatches. See :class:`~scvae.data.loaders.CountBatches` for the trade-off.
 
-The helpers :func:`row_chunks`, :func:`row_sums`, :func:`take_rows` and
-:func:`check_counts_chunked` work the same on in-memory scipy matrices and on
-:class:`H5CSR`, so the code that uses them does not branch on where the data live.
+The helpers :func:`row_chunks`, :func:`row_sums` and :func:`take_rows` (and
+:func:`scvae.data.checks.check_counts_chunked`) work the same on in-memory scipy matrices
+and on :class:`H5CSR`, so the code that uses them does not branch on where the data live.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ __all__ = [
     "H5CSR",
     "Subset",
     "backed_min_bytes",
-    "check_counts_chunked",
     "is_ondisk",
     "row_chunks",
     "row_sums",
@@ -277,19 +276,6 @@ def row_sums(X: Any, rows: np.ndarray | None = None) -> np.ndarray:
         return sums if rows is None else sums[rows]
     parts = [np.asarray(block.sum(1)).ravel() for _, block in row_chunks(X, rows)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=X.dtype)
-
-
-def check_counts_chunked(X: Any, *, source: str) -> None:
-    """:func:`scvae.data.readers.check_counts` on an on-disk matrix, one chunk of rows at a time."""
-    from scvae.data.readers import check_counts
-
-    if not is_ondisk(X):
-        check_counts(X, source=source)
-        return
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        check_counts(sparse.csr_matrix(X.shape, dtype=np.float32), source=source)
-    for pos, block in row_chunks(X):
-        check_counts(block, source=f"{source} (rows {pos[0]}-{pos[-1]})")
 
 
 class CSRWriter:

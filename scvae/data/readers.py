@@ -5,7 +5,11 @@ Every reader ends in the same place: ``X`` holds the raw integer counts as a
 copy of them, obs and var names are unique, ``obs["label"]`` holds the cell labels when
 there are any, and ``uns["scvae"]["input"]`` records where the data came from.
 
-Bad input raises :class:`scvae.errors.InputError` with a message that names the file.
+Bad input raises :class:`scvae.errors.InputError` with a message that names the file
+(:mod:`scvae.data.checks`). :func:`read_counts` is the entry point: it detects the format
+(:func:`scvae.data.formats.detect_format`), calls that format's reader and brings the
+result into this layout; h5ad files between the workflow's stages are read and written by
+:mod:`scvae.data.h5ad`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import gzip
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,202 +29,24 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
+from scvae.data.checks import check_counts, corrupt_file_error, open_h5, require_exists
+from scvae.data.formats import FORMATS, TEXT_SUFFIXES, detect_format
+from scvae.data.h5ad import read_h5ad
 from scvae.errors import InputError
-from scvae.utils.atomic import atomic_path
+
+__all__ = [
+    "labels_from_column",
+    "layers_hint",
+    "make_names_unique",
+    "read_counts",
+    "to_csr_float32",
+]
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("10x_h5", "10x_mtx", "h5ad", "loom", "csv", "xy_h5")
-"""Input formats that :func:`read_counts` understands."""
-
-_TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": None}
-# Values checked per pass in check_counts: bounds the temporaries on huge matrices.
-_CHECK_CHUNK = 1 << 24
 # Dense X/Y files are converted to CSR this many values at a time, so that a large
 # float64 matrix is never held densely in memory as a whole.
 _XY_BLOCK_VALUES = 1 << 24
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def check_counts(X: Any, *, source: str, hint: str | None = None) -> None:
-    """Check that a matrix holds raw counts: finite, non-negative integers, non-empty.
-
-    Only the stored values of a sparse matrix are inspected, so a large sparse
-    matrix is never densified.
-
-    Parameters
-    ----------
-    X
-        Cells x genes matrix: a scipy sparse matrix or array, or a dense array.
-    source
-        What the matrix came from (usually the file path); every message names it.
-    hint
-        Extra advice appended to the message for non-integer values, such as the
-        layers the input file offers.
-
-    Raises
-    ------
-    InputError
-        If the matrix is empty, or holds NaN, infinite, negative or non-integer
-        values.
-    """
-    n_cells, n_genes = X.shape
-    if n_cells == 0 or n_genes == 0:
-        raise InputError(
-            f"{source}: the count matrix is empty ({n_cells} cells x {n_genes} genes); "
-            "check that the file holds the data you expect."
-        )
-    # ravel(order="K") does not copy a contiguous array, whatever its memory order.
-    data = np.ravel(X.data if sparse.issparse(X) else np.asarray(X), order="K")
-    if data.dtype.kind not in "biuf":
-        raise InputError(
-            f"{source}: the count matrix has dtype {data.dtype}; expected numbers "
-            "(raw integer counts)."
-        )
-    if data.dtype.kind != "f":
-        _check_negative(data, source)
-        return
-    _check_finite(data, source)
-    _check_negative(data, source)
-    _check_integer(data, source, hint)
-
-
-def _chunks(data: np.ndarray) -> Iterator[np.ndarray]:
-    for start in range(0, data.size, _CHECK_CHUNK):
-        yield data[start : start + _CHECK_CHUNK]
-
-
-def _check_finite(data: np.ndarray, source: str) -> None:
-    n_bad = sum(int(np.count_nonzero(~np.isfinite(c))) for c in _chunks(data))
-    if n_bad:
-        raise InputError(
-            f"{source}: the count matrix holds {n_bad} NaN or infinite value(s); raw "
-            "counts must be finite. Check how the matrix was exported."
-        )
-
-
-def _check_negative(data: np.ndarray, source: str) -> None:
-    n_neg = sum(int(np.count_nonzero(c < 0)) for c in _chunks(data))
-    if n_neg:
-        raise InputError(
-            f"{source}: the count matrix holds {n_neg} negative value(s) (minimum "
-            f"{data.min():g}); raw counts are never negative, so the data look scaled "
-            "or batch-corrected. scvae expects raw integer counts."
-        )
-
-
-def _check_integer(data: np.ndarray, source: str, hint: str | None) -> None:
-    n_frac = 0
-    example = None
-    for chunk in _chunks(data):
-        frac = chunk != np.round(chunk)
-        n = int(np.count_nonzero(frac))
-        if n and example is None:
-            example = float(chunk[np.argmax(frac)])
-        n_frac += n
-    if not n_frac:
-        return
-    msg = (
-        f"{source}: the count matrix holds {n_frac} non-integer value(s) (for example "
-        f"{example:.4g}), so it looks normalized or log-transformed. scvae models raw "
-        "integer counts (UMI or read counts): pass the raw counts instead, for example "
-        "the layer that holds them (layer='counts' reads adata.layers['counts'])."
-    )
-    if hint:
-        msg += f" {hint}"
-    raise InputError(msg)
-
-
-# ------------------------------------------------------------------ format detection
-
-
-def detect_format(path: str | os.PathLike) -> str:
-    """Guess the input format of ``path`` from its type, extension and content.
-
-    Parameters
-    ----------
-    path
-        A file or a 10x matrix folder.
-
-    Returns
-    -------
-    str
-        One of :data:`FORMATS`.
-
-    Raises
-    ------
-    InputError
-        If the path does not exist or the format cannot be recognised.
-    """
-    path = Path(path)
-    _require_exists(path)
-    if path.is_dir():
-        return "10x_mtx"
-    suffixes = [s.lower() for s in path.suffixes]
-    last = suffixes[-1] if suffixes else ""
-    if last == ".gz" and len(suffixes) > 1:
-        last = suffixes[-2]
-    if last == ".h5ad":
-        return "h5ad"
-    if last == ".loom":
-        return "loom"
-    if last in _TEXT_SUFFIXES:
-        return "csv"
-    if last in (".h5", ".hdf5"):
-        return _detect_h5_layout(path)
-    raise InputError(
-        f"{path}: unknown format (extension {''.join(path.suffixes) or 'none'!r}); "
-        f"name it .h5ad, .loom, .h5, .csv/.tsv/.txt[.gz] or a 10x folder, or pass "
-        f"format= one of {', '.join(FORMATS)}."
-    )
-
-
-def _detect_h5_layout(path: Path) -> str:
-    with _open_h5(path) as f:
-        if _is_cellranger_v3(f) or _is_cellranger_v2(f):
-            return "10x_h5"
-        if isinstance(f.get("X"), h5py.Dataset):
-            return "xy_h5"
-        keys = ", ".join(sorted(f.keys())) or "none"
-    raise InputError(
-        f"{path}: unknown format: an HDF5 file that is neither a Cell Ranger matrix "
-        f"(group 'matrix') nor an X/Y file (dataset 'X'); top-level keys: {keys}."
-    )
-
-
-def _is_cellranger_v3(f: h5py.File) -> bool:
-    group = f.get("matrix")
-    needed = ("data", "indices", "indptr", "shape", "features")
-    return isinstance(group, h5py.Group) and all(k in group for k in needed)
-
-
-def _is_cellranger_v2(f: h5py.File) -> bool:
-    # Cell Ranger v2 stores one group per genome, each with a 'genes' dataset.
-    return any(isinstance(g, h5py.Group) and "genes" in g and "data" in g for g in f.values())
-
-
-def _require_exists(path: Path) -> None:
-    if not path.exists():
-        raise InputError(
-            f"{path}: input does not exist; check the path (a relative path starts from "
-            "the working directory)."
-        )
-
-
-def _corrupt(path: Path, err: BaseException, what: str) -> InputError:
-    return InputError(
-        f"{path}: could not be read as {what}; the file looks truncated or corrupt "
-        f"({type(err).__name__}: {err}). Copy or download it again."
-    )
-
-
-def _open_h5(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise _corrupt(path, err, "HDF5") from err
 
 
 # --------------------------------------------------------------------------- readers
@@ -234,7 +60,7 @@ def _read_10x_h5(path: Path, *, layer: str | None, transpose: bool) -> _Read:
         # scanpy signals a missing dataset with a bare Exception.
         return sc.read_10x_h5(path), None
     except OSError as err:
-        raise _corrupt(path, err, "a 10x Genomics HDF5 matrix") from err
+        raise corrupt_file_error(path, err, "a 10x Genomics HDF5 matrix") from err
     except Exception as err:
         raise InputError(
             f"{path}: not a readable Cell Ranger HDF5 matrix ({type(err).__name__}: {err})."
@@ -284,86 +110,38 @@ def _mtx_missing_message(path: Path, missing: list[str]) -> str:
     )
 
 
-def read_h5ad(path: str | os.PathLike, *, backed: bool | None = False) -> anndata.AnnData:
-    """Read an h5ad file, with a clear error when it is missing or corrupt.
-
-    Parameters
-    ----------
-    path
-        The ``.h5ad`` file (for example an output of an earlier workflow stage).
-    backed
-        False: read everything into memory. True: leave the count matrices on disk --
-        ``X`` and every CSR layer stay in the file (anndata ``CSRDataset``s, which
-        :func:`scvae.data.loaders.counts_matrix` reads as :class:`scvae.data.ondisk.H5CSR`), the
-        rest (obs, var, obsm, obsp, uns, other layers) is read; memory then does not
-        grow with the counts (anndata's own ``backed="r"`` reads every layer). None:
-        backed when the file is at least :func:`scvae.data.ondisk.backed_min_bytes` (2 GiB,
-        or ``SCVAE_BACKED_MIN_GB``). :func:`write_h5ad` writes a backed AnnData by
-        copying the file and replacing what is in memory.
-
-    Returns
-    -------
-    anndata.AnnData
-        Everything the file holds (layers, obsm, uns).
-    """
-    from scvae.data.ondisk import backed_min_bytes
-
-    path = Path(path)
-    _require_exists(path)
-    if backed is None:
-        backed = path.stat().st_size >= backed_min_bytes()
-    try:
-        if backed:
-            return _read_h5ad_backed(path)
-        return anndata.read_h5ad(path)
-    except OSError as err:
-        raise _corrupt(path, err, "h5ad") from err
-    except Exception as err:
-        raise InputError(
-            f"{path}: could not be read as h5ad ({type(err).__name__}: {err}); the file "
-            "looks truncated or corrupt, or was written by an incompatible tool."
-        ) from err
-
-
-def _read_h5ad_backed(path: Path) -> anndata.AnnData:
-    from anndata.io import read_elem, sparse_dataset
-
-    with h5py.File(path, "r") as f:
-        elems = {
-            k: read_elem(f[k])
-            for k in ("obs", "var", "obsm", "varm", "obsp", "varp", "uns")
-            if k in f
-        }
-        layer_keys = list(f["layers"]) if "layers" in f else []
-    adata = anndata.AnnData(filename=path, filemode="r", **elems)
-    for key in layer_keys:
-        group = adata.file[f"layers/{key}"]
-        csr = isinstance(group, h5py.Group) and group.attrs.get("encoding-type") == "csr_matrix"
-        adata.layers[key] = sparse_dataset(group) if csr else read_elem(group)
-    logger.info("Opened %s backed: %d cells x %d genes stay on disk", path, *adata.shape)
-    return adata
-
-
 def _read_h5ad(path: Path, *, layer: str | None, transpose: bool) -> _Read:
     src = read_h5ad(path)
     X = _pick_layer(src, layer, path)
     # Other layers, uns and graphs refer to the source's processing, not to the counts.
     out = anndata.AnnData(X=X, obs=src.obs, var=src.var, obsm=dict(src.obsm))
-    return out, None if layer else _layers_hint(src)
+    return out, None if layer else layers_hint(src.layers)
 
 
 def _pick_layer(src: anndata.AnnData, layer: str | None, path: Path) -> Any:
     if layer is None:
         if src.X is None:
-            raise InputError(f"{path}: has no X matrix. {_layers_hint(src)}")
+            raise InputError(f"{path}: has no X matrix. {layers_hint(src.layers)}")
         return src.X
     if layer not in src.layers:
-        raise InputError(f"{path}: has no layer {layer!r}; {_layers_hint(src)}")
+        raise InputError(f"{path}: has no layer {layer!r}; {layers_hint(src.layers)}")
     return src.layers[layer]
 
 
-def _layers_hint(src: anndata.AnnData) -> str:
-    names = ", ".join(repr(k) for k in src.layers) or "none"
+def layers_hint(layer_names: Iterable[str]) -> str:
+    """Advice naming the layers of an input file, for errors about its counts.
+
+    Parameters
+    ----------
+    layer_names
+        The file's layers (an AnnData's ``layers``, or its h5py group).
+
+    Returns
+    -------
+    str
+        ``"Layers in this file: 'counts', ... (pass layer=<name> to read one)."``
+    """
+    names = ", ".join(repr(k) for k in layer_names) or "none"
     return f"Layers in this file: {names} (pass layer=<name> to read one)."
 
 
@@ -371,7 +149,7 @@ def _read_loom(path: Path, *, layer: str | None, transpose: bool) -> _Read:
     try:
         src = anndata.read_loom(path, sparse=True, cleanup=False)
     except OSError as err:
-        raise _corrupt(path, err, "loom") from err
+        raise corrupt_file_error(path, err, "loom") from err
     except Exception as err:
         raise InputError(
             f"{path}: could not be read as loom ({type(err).__name__}: {err})."
@@ -381,7 +159,7 @@ def _read_loom(path: Path, *, layer: str | None, transpose: bool) -> _Read:
     _names_from_column(src.var, ("var_names", "gene_names"))
     X = _pick_layer(src, layer, path)
     out = anndata.AnnData(X=X, obs=src.obs, var=src.var, obsm=dict(src.obsm))
-    return out, None if layer else _layers_hint(src)
+    return out, None if layer else layers_hint(src.layers)
 
 
 def _names_from_column(df: pd.DataFrame, candidates: tuple[str, ...]) -> None:
@@ -443,14 +221,14 @@ def _read_table(path: Path, sep: str, if_empty: str, **kwargs: Any) -> pd.DataFr
     except pd.errors.EmptyDataError as err:
         raise InputError(f"{path}: {if_empty}.") from err
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as err:
-        raise _corrupt(path, err, "delimited text") from err
+        raise corrupt_file_error(path, err, "delimited text") from err
 
 
 def _text_delimiter(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes] or [""]
     gzipped = suffixes[-1] == ".gz"
     ext = suffixes[-2] if gzipped and len(suffixes) > 1 else suffixes[-1]
-    sep = _TEXT_SUFFIXES.get(ext)
+    sep = TEXT_SUFFIXES.get(ext)
     if sep is not None:
         return sep
     # .txt (or no extension with format="csv") could be either: look at the header.
@@ -459,7 +237,7 @@ def _text_delimiter(path: Path) -> str:
         with opener(path, "rt") as handle:
             header = handle.readline()
     except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise _corrupt(path, err, "delimited text") from err
+        raise corrupt_file_error(path, err, "delimited text") from err
     if "\t" in header:
         return "\t"
     if "," in header:
@@ -491,14 +269,14 @@ def _check_table(df: pd.DataFrame, path: Path) -> None:
 
 
 def _read_xy_h5(path: Path, *, layer: str | None, transpose: bool) -> _Read:
-    with _open_h5(path) as f:
+    with open_h5(path) as f:
         if not isinstance(f.get("X"), h5py.Dataset) or f["X"].ndim != 2:
             raise InputError(f"{path}: an X/Y file needs a 2-D dataset 'X' (cells x genes).")
         try:
             X = _dense_h5_to_csr(f["X"])
             y = f["Y"][()] if isinstance(f.get("Y"), h5py.Dataset) else None
         except OSError as err:
-            raise _corrupt(path, err, "HDF5") from err
+            raise corrupt_file_error(path, err, "HDF5") from err
         except (TypeError, ValueError) as err:
             raise InputError(f"{path}: dataset 'X' is not a numeric matrix ({err}).") from err
     if transpose:
@@ -602,7 +380,7 @@ def read_counts(
         raw counts.
     """
     path = Path(path)
-    _require_exists(path)
+    require_exists(path)
     fmt = detect_format(path) if format is None else _check_format_arg(format, path)
     _check_options(path, fmt, layer=layer, transpose=transpose)
     with warnings.catch_warnings():
@@ -612,13 +390,13 @@ def read_counts(
         warnings.filterwarnings("ignore", category=anndata.ImplicitModificationWarning)
         adata, hint = _READERS[fmt](path, layer=layer, transpose=transpose)
     check_counts(adata.X, source=str(path), hint=hint)
-    adata.X = _to_csr_float32(adata.X)
+    adata.X = to_csr_float32(adata.X)
     # A copy, not the same object: scanpy calls that normalize X in place must not
     # change the counts layer.
     adata.layers["counts"] = adata.X.copy()
-    _make_names_unique(adata, path)
+    make_names_unique(adata, path)
     if label_key is not None:
-        adata.obs["label"] = _labels_from_column(adata.obs, label_key, path)
+        adata.obs["label"] = labels_from_column(adata.obs, label_key, path)
     adata.uns["scvae"] = {"input": {"path": str(path), "format": fmt}}
     logger.info("Read %d cells x %d genes from %s (%s)", *adata.shape, path, fmt)
     return adata
@@ -642,14 +420,39 @@ def _check_options(path: Path, fmt: str, *, layer: str | None, transpose: bool) 
         )
 
 
-def _to_csr_float32(X: Any) -> sparse.csr_matrix:
+# ------------------------------------------------------------- the common layout
+
+
+def to_csr_float32(X: Any) -> sparse.csr_matrix:
+    """Counts as every reader returns them: float32 CSR, no duplicate entries or zeros.
+
+    Parameters
+    ----------
+    X
+        A cells x genes matrix (sparse or dense).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        The counts; an input that already is a float32 CSR matrix shares its arrays
+        with the result, and is tidied in place with it.
+    """
     X = sparse.csr_matrix(X, dtype=np.float32)
     X.sum_duplicates()
     X.eliminate_zeros()
     return X
 
 
-def _make_names_unique(adata: anndata.AnnData, path: Path) -> None:
+def make_names_unique(adata: anndata.AnnData, path: Path) -> None:
+    """Make obs and var names unique in place, with one warning per axis that names ``path``.
+
+    Parameters
+    ----------
+    adata
+        Data just read from ``path``.
+    path
+        The input file, named in the warning.
+    """
     for axis, what in (("obs", "cell"), ("var", "gene")):
         names = getattr(adata, f"{axis}_names")
         n_dup = len(names) - names.nunique()
@@ -661,7 +464,28 @@ def _make_names_unique(adata: anndata.AnnData, path: Path) -> None:
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def _labels_from_column(obs: pd.DataFrame, label_key: str, path: Path) -> pd.Categorical:
+def labels_from_column(obs: pd.DataFrame, label_key: str, path: Path) -> pd.Categorical:
+    """Cell labels from an obs column, as strings; whole numbers as ``"1"``, not ``"1.0"``.
+
+    Parameters
+    ----------
+    obs
+        The input's obs.
+    label_key
+        The column holding the labels.
+    path
+        The input file, named in the error.
+
+    Returns
+    -------
+    pandas.Categorical
+        One label per cell (missing values stay missing).
+
+    Raises
+    ------
+    InputError
+        If ``label_key`` is not a column of ``obs``.
+    """
     if label_key not in obs.columns:
         available = ", ".join(repr(c) for c in obs.columns) or "none"
         raise InputError(
@@ -678,59 +502,3 @@ def _labels_from_column(obs: pd.DataFrame, label_key: str, path: Path) -> pd.Cat
             return pd.Categorical(strings, categories=categories)
     strings = [None if pd.isna(v) else str(v) for v in values]
     return pd.Categorical(strings)
-
-
-def write_h5ad(adata: anndata.AnnData, path: str | os.PathLike) -> None:
-    """Write ``adata`` to an h5ad file atomically (no partial file on failure).
-
-    Parameters
-    ----------
-    adata
-        Data to write.
-    path
-        Destination ``.h5ad`` file; its folder is created if needed.
-    """
-    with atomic_path(path) as tmp:
-        if adata.isbacked:
-            _write_backed(adata, tmp)
-        else:
-            adata.write_h5ad(tmp)
-    logger.info("Wrote %d cells x %d genes to %s", *adata.shape, path)
-
-
-def _plain_dicts(value: Any) -> Any:
-    """Mappings (OrderedDict, anndata's AxisArrays) as plain dicts, as anndata writes them."""
-    if isinstance(value, Mapping):
-        return {k: _plain_dicts(v) for k, v in value.items()}
-    return value
-
-
-def _write_backed(adata: anndata.AnnData, tmp: Path) -> None:
-    """Write a backed AnnData (:func:`read_h5ad` ``backed=True``) without loading its counts.
-
-    The source file is copied (X and the on-disk layers go along byte for byte), then
-    obs, var, obsm, varm, obsp, varp and uns are replaced with what is in memory and
-    layers that are not in the file are added.
-    """
-    import shutil
-
-    from anndata.abc import CSRDataset
-    from anndata.io import write_elem
-
-    source = Path(adata.filename)
-    shutil.copyfile(source, tmp)
-    with h5py.File(tmp, "r+") as f:
-        for key in ("obs", "var", "obsm", "varm", "obsp", "varp", "uns"):
-            if key in f:
-                del f[key]
-            value = getattr(adata, key)
-            write_elem(f, key, value if key in ("obs", "var") else _plain_dicts(value))
-        layers = f.require_group("layers")
-        for key in list(layers):
-            kept = adata.layers.get(key)
-            same = isinstance(kept, CSRDataset) and Path(kept.group.file.filename) == source
-            if not same:
-                del layers[key]
-        for key, value in adata.layers.items():
-            if key not in layers:
-                write_elem(layers, key, value)

@@ -1,4 +1,4 @@
-"""The count VAE: likelihoods, network blocks, and the Pyro model and guide."""
+"""The count VAE: likelihoods, network blocks, the Pyro model and guide, encoding cells."""
 
 from scvae.utils.lazy import lazy_attributes
 
@@ -8,6 +8,9 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "VAE": "scvae.module.vae",
         "VAEConfig": "scvae.module.config",
         "count_distribution": "scvae.module.distributions",
+        "encode": "scvae.module.encoding",
+        "eval_mode": "scvae.module.encoding",
+        "module_device": "scvae.module.encoding",
         "negative_binomial": "scvae.module.distributions",
     },
 )

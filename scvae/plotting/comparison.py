@@ -1,9 +1,7 @@
 """Comparison figures: KL per dimension, MI and active units, scores, UMAPs, curves.
 
-Each function draws one PNG and writes it atomically. They build
-:class:`matplotlib.figure.Figure` objects directly (Agg canvas, no pyplot), so they
-neither depend on nor change the global matplotlib backend or figure registry, and
-they are safe in worker processes without a display.
+Each function draws one PNG and writes it atomically, with the conventions of
+:mod:`scvae.plotting.style` (no pyplot, one DPI).
 
 The per-run tables are the output of :func:`scvae.compare.collect` (one row per
 variant x seed, baselines included).
@@ -11,7 +9,6 @@ variant x seed, baselines included).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 
@@ -25,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from scvae.metrics import ari
-from scvae.utils.atomic import atomic_path
+from scvae.plotting.style import empty_panel, offsets, palette, save_figure
 
 __all__ = [
     "plot_kl_heatmap",
@@ -35,10 +32,7 @@ __all__ = [
     "plot_umap_grid",
 ]
 
-logger = logging.getLogger(__name__)
-
-DPI = 120
-# The posterior-draw score is the one to trust for collapse (scvae.cluster.posterior_sample_scores).
+# The posterior-draw score is the one to trust for collapse (scvae.scores.posterior_sample_scores).
 _SCORE_METRICS = ["kmeans_ari", "kmeans_ari_sample", "kmeans_nmi", "leiden_ari", "leiden_nmi"]
 _UNLABELLED_METRICS = ["silhouette", "modularity"]
 _METRIC_NAMES = {
@@ -57,21 +51,6 @@ _METRIC_NAMES = {
 # --------------------------------------------------------------------------------------
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
-    logger.info("wrote %s", path)
-
-
-def _palette(n: int) -> list:
-    """``n`` distinguishable colours: tab10, tab20, then evenly spaced turbo."""
-    if n <= 10:
-        return [mpl.colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [mpl.colormaps["tab20"](i) for i in range(n)]
-    return [mpl.colormaps["turbo"](x) for x in np.linspace(0.03, 0.97, n)]
-
-
 def _variants(df: pd.DataFrame) -> list[str]:
     """Variants in first-seen order, VAE variants before baselines."""
     order = list(dict.fromkeys(df["variant"].astype(str)))
@@ -81,17 +60,6 @@ def _variants(df: pd.DataFrame) -> list[str]:
     return [v for v in order if kind.get(v) != "baseline"] + [
         v for v in order if kind.get(v) == "baseline"
     ]
-
-
-def _offsets(n: int, width: float = 0.3) -> np.ndarray:
-    """Deterministic horizontal spread for ``n`` points around a category position."""
-    return np.zeros(1) if n == 1 else np.linspace(-width / 2, width / 2, n)
-
-
-def _empty(ax: Axes, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 # --------------------------------------------------------------------------------------
@@ -124,7 +92,7 @@ def plot_kl_heatmap(
     fig = Figure(figsize=(max(5.0, 0.55 * n_cols + 3.0), max(2.5, 0.45 * n_rows + 1.6)))
     ax = fig.subplots()
     if data.size == 0:
-        _empty(ax, "no per-dimension KL available")
+        empty_panel(ax, "no per-dimension KL available")
     else:
         cmap = mpl.colormaps["viridis"].with_extremes(bad="0.85")
         image = ax.imshow(np.ma.masked_invalid(data.to_numpy()), aspect="auto", cmap=cmap, vmin=0)
@@ -143,7 +111,7 @@ def plot_kl_heatmap(
     ax.set_xlabel(data.columns.name or "latent dimension")
     ax.set_ylabel("variant")
     ax.set_title(title or "KL(q(z|x) || p(z)) per latent dimension (mean over cells and seeds)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -160,7 +128,7 @@ def _seed_strip(ax: Axes, df: pd.DataFrame, variants: list[str], column: str) ->
         if not ok.any():
             continue
         collapsed = runs["collapsed"].to_numpy(dtype=bool) if "collapsed" in runs else ~ok
-        x = i + _offsets(len(values))
+        x = i + offsets(len(values))
         ax.scatter(x[ok & ~collapsed], values[ok & ~collapsed], color="C0", s=28, zorder=3)
         ax.scatter(
             x[ok & collapsed], values[ok & collapsed], color="C3", marker="x", s=36, zorder=3
@@ -189,8 +157,8 @@ def plot_mi_au(df: pd.DataFrame, path: str | os.PathLike) -> None:
     fig = Figure(figsize=(max(7.0, 1.4 * len(variants) + 3.0), 4.2), layout="constrained")
     ax_mi, ax_au = fig.subplots(1, 2)
     if not variants:
-        _empty(ax_mi, "no diagnostics")
-        _empty(ax_au, "no diagnostics")
+        empty_panel(ax_mi, "no diagnostics")
+        empty_panel(ax_au, "no diagnostics")
     else:
         _seed_strip(ax_mi, data, variants, "mi")
         _seed_strip(ax_au, data, variants, "active_units")
@@ -217,7 +185,7 @@ def plot_mi_au(df: pd.DataFrame, path: str | os.PathLike) -> None:
         Line2D([], [], color="0.6", ls="--", lw=1.5, label="n_latent"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -249,7 +217,7 @@ def plot_scores(df: pd.DataFrame, path: str | os.PathLike) -> None:
     fig = Figure(figsize=(max(7.0, 0.9 * len(variants) * max(1, len(present)) / 2 + 3), 4.5))
     ax = fig.subplots()
     if not present or not variants:
-        _empty(ax, "no clustering metrics")
+        empty_panel(ax, "no clustering metrics")
     else:
         _score_bars(ax, numeric, variants, present)
     ax.set_xlabel("variant")
@@ -259,13 +227,13 @@ def plot_scores(df: pd.DataFrame, path: str | os.PathLike) -> None:
         if labelled
         else "Cluster quality without labels (mean ± sd over seeds)"
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _score_bars(ax: Axes, df: pd.DataFrame, variants: list[str], metrics: list[str]) -> None:
     width = 0.8 / len(metrics)
     kind = df.groupby("variant", sort=False)["kind"].first() if "kind" in df else pd.Series()
-    colours = _palette(len(metrics))
+    colours = palette(len(metrics))
     for j, metric in enumerate(metrics):
         for i, variant in enumerate(variants):
             values = df.loc[df["variant"].astype(str) == variant, metric].to_numpy(dtype=float)
@@ -288,7 +256,7 @@ def _score_bars(ax: Axes, df: pd.DataFrame, variants: list[str], metrics: list[s
                 capsize=2,
                 error_kw={"lw": 1},
             )
-            ax.scatter(x + _offsets(values.size, width * 0.6), values, s=8, color="black", zorder=3)
+            ax.scatter(x + offsets(values.size, width * 0.6), values, s=8, color="black", zorder=3)
     ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
     ax.set_xlim(-0.6, len(variants) - 0.4)
     top = np.nanmax(df[metrics].to_numpy(dtype=float))
@@ -310,7 +278,7 @@ def _score_bars(ax: Axes, df: pd.DataFrame, variants: list[str], metrics: list[s
 def _scatter_categories(
     ax: Axes, xy: np.ndarray, values: pd.Series, categories: Sequence[str], size: float
 ) -> list:
-    colours = dict(zip(categories, _palette(len(categories)), strict=True))
+    colours = dict(zip(categories, palette(len(categories)), strict=True))
     values = values.astype(str).to_numpy()
     handles = []
     for cat in categories:
@@ -336,6 +304,41 @@ def _sorted_categories(values: Sequence) -> list[str]:
     return names
 
 
+def _cluster_panel(
+    ax: Axes,
+    name: str,
+    adata: ad.AnnData,
+    xy: np.ndarray,
+    size: float,
+    label_key: str,
+    cluster_key: str,
+) -> None:
+    """UMAP coloured by cluster, ids at the clusters' medians, ARI against the labels."""
+    if cluster_key in adata.obs:
+        clusters = adata.obs[cluster_key]
+        cats = _sorted_categories(clusters.unique())
+        _scatter_categories(ax, xy, clusters, cats, size)
+        clusters_str = clusters.astype(str).to_numpy()
+        for cat in cats:
+            centre = np.median(xy[clusters_str == cat], axis=0)
+            ax.text(
+                *centre,
+                cat,
+                fontsize=10,
+                weight="bold",
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0},
+            )
+        title = f"{name}: Leiden clusters ({len(cats)}, ids on the plot)"
+        if label_key in adata.obs and adata.obs[label_key].notna().all():
+            title += f"\nARI vs labels = {ari(adata.obs[label_key], clusters):.3f}"
+        ax.set_title(title)
+    else:
+        empty_panel(ax, f"no obs[{cluster_key!r}]")
+        ax.set_title(f"{name}: no clusters")
+
+
 def plot_umap_grid(
     adatas: Mapping[str, ad.AnnData],
     path: str | os.PathLike,
@@ -352,7 +355,7 @@ def plot_umap_grid(
     ----------
     adatas
         ``{variant name: AnnData}`` with ``obsm["X_umap"]`` (from
-        :func:`scvae.cluster.cluster`).
+        :func:`scvae.clustering.cluster`).
     path
         PNG to write.
     label_key
@@ -373,8 +376,8 @@ def plot_umap_grid(
         adata = adatas[name]
         ax_label, ax_cluster = axes[row]
         if "X_umap" not in adata.obsm:
-            _empty(ax_label, f"{name}: no obsm['X_umap']")
-            _empty(ax_cluster, f"{name}: no obsm['X_umap']")
+            empty_panel(ax_label, f"{name}: no obsm['X_umap']")
+            empty_panel(ax_cluster, f"{name}: no obsm['X_umap']")
             continue
         xy = np.asarray(adata.obsm["X_umap"])
         size = float(np.clip(12000 / max(adata.n_obs, 1), 1.0, 25.0))
@@ -385,36 +388,14 @@ def plot_umap_grid(
             )
             ax_label.set_title(f"{name}: cell-type label ({adata.obs[label_key].nunique()})")
         else:
-            _empty(ax_label, f"no obs[{label_key!r}]")
+            empty_panel(ax_label, f"no obs[{label_key!r}]")
             ax_label.set_title(f"{name}: no labels")
-        if cluster_key in adata.obs:
-            clusters = adata.obs[cluster_key]
-            cats = _sorted_categories(clusters.unique())
-            _scatter_categories(ax_cluster, xy, clusters, cats, size)
-            clusters_str = clusters.astype(str).to_numpy()
-            for cat in cats:
-                centre = np.median(xy[clusters_str == cat], axis=0)
-                ax_cluster.text(
-                    *centre,
-                    cat,
-                    fontsize=10,
-                    weight="bold",
-                    ha="center",
-                    va="center",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0},
-                )
-            title = f"{name}: Leiden clusters ({len(cats)}, ids on the plot)"
-            if label_key in adata.obs and adata.obs[label_key].notna().all():
-                title += f"\nARI vs labels = {ari(adata.obs[label_key], clusters):.3f}"
-            ax_cluster.set_title(title)
-        else:
-            _empty(ax_cluster, f"no obs[{cluster_key!r}]")
-            ax_cluster.set_title(f"{name}: no clusters")
+        _cluster_panel(ax_cluster, name, adata, xy, size, label_key, cluster_key)
         _umap_axes(ax_label)
         _umap_axes(ax_cluster)
     if not names:
-        _empty(axes[0, 0], "no variants")
-        _empty(axes[0, 1], "no variants")
+        empty_panel(axes[0, 0], "no variants")
+        empty_panel(axes[0, 1], "no variants")
     if label_handles:
         fig.legend(
             handles=label_handles,
@@ -425,7 +406,7 @@ def plot_umap_grid(
             ncols=1 if len(label_handles) <= 20 else 2,
         )
     fig.suptitle("UMAP of each embedding: cell-type labels (left) and Leiden clusters (right)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -487,7 +468,7 @@ def plot_training_curves(histories: Mapping[str, pd.DataFrame], path: str | os.P
     """
     fig = Figure(figsize=(9.5, 9.0), layout="constrained")
     ax_elbo, ax_kl, ax_w = fig.subplots(3, 1, sharex=True, height_ratios=[3, 2, 1.3])
-    colours = dict(zip(histories, _palette(len(histories)), strict=True))
+    colours = dict(zip(histories, palette(len(histories)), strict=True))
     elbo_curves, kl_curves = [], []
     for name, hist in histories.items():
         epoch = hist["epoch"].to_numpy(dtype=float) if "epoch" in hist else np.arange(len(hist))
@@ -512,7 +493,7 @@ def plot_training_curves(histories: Mapping[str, pd.DataFrame], path: str | os.P
     for ax in (ax_elbo, ax_kl, ax_w):
         ax.grid(alpha=0.3)
     if not histories:
-        _empty(ax_elbo, "no training history")
+        empty_panel(ax_elbo, "no training history")
     run_handles = [Line2D([], [], color=colours[n], lw=2, label=n) for n in histories]
     style_handles = [
         Line2D([], [], color="0.3", ls="-", label="train"),
@@ -530,4 +511,4 @@ def plot_training_curves(histories: Mapping[str, pd.DataFrame], path: str | os.P
     ax_elbo.legend(
         handles=style_handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False
     )
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,8 +1,8 @@
 """Figures of the collapse diagnostics: KL per dimension, decoder sensitivity, J^T J spectrum.
 
-Every function takes the dictionary of :func:`scvae.diagnostics.core.diagnose` (or of
-:func:`scvae.diagnostics.core.read_diagnostics`; JSON ``null`` values are drawn as missing)
-and writes one PNG atomically.
+Every function takes the dictionary of :func:`scvae.diagnostics.run.diagnose` (or of
+:func:`scvae.diagnostics.run.read_diagnostics`; JSON ``null`` values are drawn as missing)
+and writes one PNG atomically (:func:`scvae.plotting.style.save_figure`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from matplotlib.axes import Axes
-
-# Figure without pyplot renders PNGs with the Agg canvas and leaves the user's pyplot
-# backend (a notebook's inline backend, say) alone.
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from scvae.utils.atomic import atomic_path
+from scvae.plotting.style import empty_panel, save_figure
 
 __all__ = ["plot_diagnostics", "plot_jtj_spectrum", "plot_kl_per_dim", "plot_sensitivity_vs_kl"]
 
@@ -52,17 +48,6 @@ def _title(fig: Figure, diag: Mapping[str, Any], what: str) -> None:
     )
 
 
-def _empty(ax: Axes, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-
-
 def _log_floor(*arrays: np.ndarray) -> float:
     """A value below every positive entry, where zeros are drawn on a log axis."""
     positive = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays])
@@ -88,7 +73,7 @@ def plot_kl_per_dim(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
     fig = Figure(figsize=(max(6.5, 0.55 * kl.size + 3), 4.4), layout="constrained")
     ax = fig.subplots()
     if kl.size == 0:
-        _empty(ax, "no KL per dimension")
+        empty_panel(ax, "no KL per dimension")
     else:
         dims = np.arange(kl.size)
         width = 0.4
@@ -125,7 +110,7 @@ def plot_kl_per_dim(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("nats")
     _title(fig, diag, "KL and information per latent dimension")
-    _save(fig, path)
+    save_figure(fig, path, tight=False)
 
 
 def plot_sensitivity_vs_kl(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
@@ -148,7 +133,7 @@ def plot_sensitivity_vs_kl(diag: Mapping[str, Any], path: str | os.PathLike) -> 
     fig = Figure(figsize=(6.8, 5.2), layout="constrained")
     ax = fig.subplots()
     if kl.size == 0 or sens.size != kl.size:
-        _empty(ax, "no sensitivity per dimension")
+        empty_panel(ax, "no sensitivity per dimension")
     else:
         floor_x, floor_y = _log_floor(kl), _log_floor(sens)
         x = np.where(np.isfinite(kl) & (kl > floor_x), kl, floor_x)
@@ -191,7 +176,7 @@ def plot_sensitivity_vs_kl(diag: Mapping[str, Any], path: str | os.PathLike) -> 
     ax.set_xlabel("KL per dimension (nats, mean over cells)")
     ax.set_ylabel("decoder sensitivity  mean ||d log mu / dz_d||^2")
     _title(fig, diag, "Decoder sensitivity vs KL")
-    _save(fig, path)
+    save_figure(fig, path, tight=False)
 
 
 def plot_jtj_spectrum(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
@@ -213,7 +198,7 @@ def plot_jtj_spectrum(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
     fig = Figure(figsize=(6.8, 4.6), layout="constrained")
     ax = fig.subplots()
     if eig.size == 0:
-        _empty(ax, "no Jacobian spectrum")
+        empty_panel(ax, "no Jacobian spectrum")
     else:
         floor = _log_floor(eig, sens)
         rank = np.arange(1, eig.size + 1)
@@ -255,7 +240,7 @@ def plot_jtj_spectrum(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
     ax.set_xlabel("rank")
     ax.set_ylabel("eigenvalue (log scale)")
     _title(fig, diag, "Spectrum of the decoder's J^T J")
-    _save(fig, path)
+    save_figure(fig, path, tight=False)
 
 
 _PLOTS = {

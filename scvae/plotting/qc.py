@@ -10,14 +10,11 @@ from typing import Any
 import anndata
 import numpy as np
 from matplotlib.axes import Axes
-
-# Figure without pyplot renders PNGs with the Agg canvas and leaves the user's pyplot
-# backend (a notebook's inline backend, say) alone.
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from scipy import sparse
 
-from scvae.utils.atomic import atomic_path
+from scvae.plotting.style import empty_panel, save_figure
 
 _THRESHOLD_NAMES = ("min_counts", "max_counts", "min_genes", "max_mito_fraction")
 _THRESHOLD_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.5}
@@ -75,8 +72,7 @@ def plot_qc(
         if any(thresholds.get(k) is not None for k in _THRESHOLD_NAMES):
             title += " (red dashed lines: filter thresholds)"
     fig.suptitle(title, fontsize=13)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, tight=False)
 
 
 def _counts_matrix(adata: anndata.AnnData) -> sparse.csr_matrix:
@@ -168,10 +164,8 @@ def _draw_thresholds(
 
 
 def _note_panel(ax: Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    empty_panel(ax, text, color=None, fontsize=12)
     ax.set_title("Mitochondrial fraction per cell")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def _default_title(adata: anndata.AnnData) -> str:

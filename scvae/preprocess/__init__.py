@@ -6,10 +6,11 @@ __getattr__, __dir__, __all__ = lazy_attributes(
     __name__,
     {
         "preprocess": "scvae.preprocess.memory",
-        "run_preprocess": "scvae.preprocess.memory",
-        "add_qc_metrics": "scvae.preprocess.memory",
-        "mito_genes": "scvae.preprocess.memory",
         "effective_settings": "scvae.preprocess.memory",
+        "FILTER_SETTINGS": "scvae.preprocess.memory",
+        "run_preprocess": "scvae.preprocess.run",
+        "add_qc_metrics": "scvae.preprocess.qc",
+        "mito_genes": "scvae.preprocess.qc",
         "preprocess_h5ad_backed": "scvae.preprocess.streamed",
     },
 )

@@ -1,4 +1,12 @@
-"""Fit a count VAE: minibatches from sparse counts, KL schedule, free bits, checkpoints."""
+"""Fit a count VAE: minibatches from sparse counts, KL schedule, free bits, checkpoints.
+
+:func:`train` builds the run (data split, network, loaders, optimizer, objective,
+schedule; resumed from a checkpoint when there is one), then trains epoch by epoch
+(:func:`train_epoch`, with the aggressive phase of :mod:`scvae.training.aggressive` and
+the calibrated dispersion of :mod:`scvae.training.calibration`), closes each epoch with
+validation, early stopping and a checkpoint, and returns the fitted
+:class:`~scvae.model.SCVAE`.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +14,47 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyro
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
+from scvae.data.checks import check_counts_chunked
 from scvae.data.loaders import BLOCK_SIZE, CountBatches, counts_matrix
-from scvae.data.ondisk import check_counts_chunked, is_ondisk, row_sums
+from scvae.data.ondisk import is_ondisk, row_sums
 from scvae.errors import InputError, TrainingError
 from scvae.model import SCVAE
+from scvae.module.config import VAEConfig
 from scvae.module.vae import VAE
-from scvae.training.objective import FreeBitsELBO
+from scvae.training.aggressive import (
+    encoder_batches,
+    encoder_steps,
+    optimizer_step,
+    update_aggressive_phase,
+)
+from scvae.training.calibration import calibrate_dispersion, freeze_dispersion
+from scvae.training.checkpoint import (
+    CHECKPOINT_NAME,
+    TrainState,
+    checkpoint_note,
+    load_checkpoint,
+    save_checkpoint,
+    training_hash,
+)
+from scvae.training.objective import ElboTerms, FreeBitsELBO
 from scvae.training.schedules import KLSchedule
-from scvae.training.settings import settings_hash, split_settings
-from scvae.utils.atomic import atomic_path, remove_stale_temps
+from scvae.training.settings import TrainConfig, split_settings
+from scvae.utils.atomic import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-# Settings that do not change what is computed, so a checkpoint written under other
-# values of them can still be resumed.
-_RESUMABLE_KEYS = ("checkpoint_every", "threads", "device")
 MIN_CELLS = 2
 """Fewest cells :func:`train` accepts: batch normalization needs 2 cells per batch.
 
@@ -60,164 +83,52 @@ def split_cells(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.
 
 
 @dataclass
-class _State:
-    """What a checkpoint holds besides the network and optimizer."""
+class TrainingRun:
+    """What :func:`train` builds before its first epoch, and the progress it makes.
 
-    epoch: int = 0
-    step: int = 0
-    best_val: float = -math.inf
-    bad_epochs: int = 0
-    seconds: float = 0.0
-    stopped_early: bool = False
-    aggressive: bool = True
-    best_val_mi: float = -math.inf
-    history: list[dict] = field(default_factory=list)
-
-
-def _evaluate(
-    module: VAE, elbo: FreeBitsELBO, loader: CountBatches, device: torch.device
-) -> dict[str, float]:
-    """Mean unweighted ELBO, reconstruction and KL per cell over a loader (eval mode)."""
-    module.eval()
-    sums = np.zeros(3)
-    n = 0
-    with torch.no_grad():
-        for x in loader.epoch(0, device):
-            t = elbo.terms(module.model, module.guide, x, 1.0)
-            kl = t.kl_per_dim.sum(-1) + t.kl_other
-            sums += [t.elbo.sum().item(), t.recon.sum().item(), kl.sum().item()]
-            n += x.shape[0]
-    module.train()
-    return dict(zip(("elbo", "recon", "kl"), (sums / max(n, 1)).tolist(), strict=True))
-
-
-def _validation_mi(module: VAE, X, rows: np.ndarray, batch_size: int) -> float:
-    """Mutual information I(x; z) over ``rows`` of ``X`` (the aggressive phase's stop)."""
-    from scvae.diagnostics.core import _encode, mutual_information
-
-    loc, scale = _encode(module, X, batch_size, rows)
-    return float(mutual_information(loc, scale, n_samples_per_dim=200)["mi"])
-
-
-def _step(loss: torch.Tensor, params: list, optimizer, clip_norm: float) -> None:
-    """One optimizer step on ``params`` only (the others get no gradient and stay put)."""
-    params = [p for p in params if p.requires_grad]
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward(inputs=params)
-    if clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip_norm)
-    optimizer.step()
-
-
-def _encoder_steps(
-    module: VAE,
-    elbo: FreeBitsELBO,
-    batches,
-    weight: float,
-    optimizer,
-    cfg,
-) -> None:
-    """Encoder-only steps on fresh minibatches until the loss stops improving.
-
-    He et al. (2019) check convergence every few steps; here: stop when the mean loss
-    of the last 5 steps is not below that of the 5 before, or after ``aggressive_steps``.
+    Attributes
+    ----------
+    X
+        The counts (in memory or on disk).
+    cfg
+        Training settings.
+    device
+        Where the network and the batches live.
+    train_idx, val_idx
+        Rows of the training and validation cells.
+    module
+        The network.
+    train_loader, val_loader
+        Minibatches of the training cells (shuffled per epoch) and of the validation
+        cells (None when there are none).
+    optimizer
+        Adam over every parameter of the module.
+    elbo
+        The objective.
+    schedule
+        The KL weight per step.
+    run_hash
+        :func:`~scvae.training.checkpoint.training_hash` of the run.
+    checkpoint
+        The checkpoint file (None: no checkpoints).
+    state
+        Progress so far (restored from the checkpoint when resuming).
     """
-    params = module.inference_parameters()
-    losses: list[float] = []
-    for _ in range(cfg.aggressive_steps):
-        x = next(batches)
-        loss = elbo.loss_from_terms(elbo.terms(module.model, module.guide, x, weight))
-        if not torch.isfinite(loss):
-            return
-        _step(loss, params, optimizer, cfg.clip_norm)
-        losses.append(loss.item())
-        if len(losses) >= 10 and np.mean(losses[-5:]) >= np.mean(losses[-10:-5]):
-            return
 
-
-def _endless(loader: CountBatches, seed_epoch: int, device: torch.device):
-    """Minibatches from an endless sequence of reshuffled epochs (the encoder's inner loop)."""
-    epoch = seed_epoch
-    while True:
-        yield from loader.epoch(epoch, device)
-        epoch += 1
-
-
-# Moving-average weight of the newest moment estimate, and the range of theta it may take
-# (as the dispersion of a near-Poisson gene, a negative excess variance, is unbounded).
-_CALIBRATION_RATE = 0.1
-_THETA_RANGE = (1e-4, 1e4)
-
-
-def _check_calibration(module: VAE) -> None:
-    c = module.config
-    if c.likelihood == "poisson" or c.theta > 0 or c.dispersion != "gene":
-        raise ValueError(
-            "training setting calibrated_dispersion=True needs a learned per-gene dispersion "
-            f"(likelihood nb or zinb, theta 0, dispersion gene); got likelihood="
-            f"{c.likelihood!r}, theta={c.theta}, dispersion={c.dispersion!r}"
-        )
-
-
-def _calibrate_dispersion(module: VAE, x: torch.Tensor) -> None:
-    """Move log theta towards its per-gene moment estimate given the current decoder."""
-    with torch.no_grad():
-        q = module.inference(x)
-        library = q["ql"].loc.exp() if q["ql"] is not None else module.library(x)
-        mu = module.generative(q["qz"].loc, library, x)["log_mu"].exp()
-        excess = ((x - mu) ** 2 - mu).mean(0)
-        moment = (mu**2).mean(0) / excess.clamp(min=1e-12)
-        estimate = moment.clamp(*_THETA_RANGE).log()
-        log_theta = module.px_log_theta
-        log_theta.lerp_(estimate, _CALIBRATION_RATE)
-
-
-def _save_checkpoint(path: Path, module, optimizer, state: _State, run_hash: str) -> None:
-    payload = {
-        "run_hash": run_hash,
-        "module": module.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "state": state.__dict__,
-        "torch_rng": torch.get_rng_state(),
-    }
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(payload, handle)  # a file object: a full disk is an OSError
-
-
-def _load_checkpoint(path: Path, module, optimizer, run_hash: str, device) -> _State | None:
-    if not path.exists():
-        return None
-    try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # a checkpoint cut short by a kill: start over, loudly
-        log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, err)
-        return None
-    if payload.get("run_hash") != run_hash:
-        log.warning(
-            "checkpoint %s was written with other settings, data or model layers; training "
-            "from scratch",
-            path,
-        )
-        return None
-    module.load_state_dict(payload["module"])
-    optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["torch_rng"])
-    state = _State(**payload["state"])
-    log.info("resuming from %s after epoch %d (step %d)", path, state.epoch, state.step)
-    return state
-
-
-def _checkpoint_note(ckpt: Path | None) -> str:
-    if ckpt is None:
-        return ""
-    if ckpt.exists():
-        return f". The last good checkpoint is kept at {ckpt}"
-    return f". No checkpoint had been written yet to {ckpt.parent}"
-
-
-def _theta_median(module: VAE) -> float:
-    log_theta = module.log_theta()
-    return float("nan") if log_theta is None else float(log_theta.detach().exp().median())
+    X: sp.csr_matrix
+    cfg: TrainConfig
+    device: torch.device
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    module: VAE
+    train_loader: CountBatches
+    val_loader: CountBatches | None
+    optimizer: torch.optim.Optimizer
+    elbo: FreeBitsELBO
+    schedule: KLSchedule
+    run_hash: str
+    checkpoint: Path | None
+    state: TrainState
 
 
 def train(
@@ -263,76 +174,19 @@ def train(
     TrainingError
         If the loss becomes NaN or infinite; the last good checkpoint is kept.
     """
-    X = counts_matrix(adata, layer)
     if source is None:
         source = f"AnnData layer {layer!r}" if layer in adata.layers else "AnnData X"
-    check_counts_chunked(X, source=source)
-    if X.shape[0] < MIN_CELLS:
-        raise InputError(
-            f"{source}: {X.shape[0]} cell(s); training needs at least {MIN_CELLS} (batch "
-            "normalization needs 2 cells per batch). Use more cells, or loosen the "
-            "preprocessing filters if they removed almost every cell."
-        )
-    model_cfg, cfg = split_settings(settings, X.shape[1])
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    pyro.set_rng_seed(cfg.seed)
-
-    train_idx, val_idx = split_cells(X.shape[0], cfg.val_fraction, cfg.seed)
-    log_lib = np.log(np.maximum(row_sums(X, train_idx), 1.0))
-    module = VAE(
-        model_cfg,
-        library_log_mean=float(log_lib.mean()),
-        library_log_scale=float(max(log_lib.std(), 1e-3)),
-    ).to(device)
-    # Counts on disk are shuffled by blocks of rows (see CountBatches): far fewer reads.
-    block_size = BLOCK_SIZE if is_ondisk(X) else None
-    train_loader = CountBatches(
-        X, train_idx, cfg.batch_size, shuffle=True, seed=cfg.seed, block_size=block_size
-    )
-    val_loader = CountBatches(X, val_idx, max(cfg.batch_size, 1024)) if len(val_idx) else None
-
-    if cfg.calibrated_dispersion:
-        _check_calibration(module)
-        # Set by _calibrate_dispersion, not by the optimizer.
-        module.px_log_theta.requires_grad_(False)
-    # foreach: the multi-tensor Adam, the same arithmetic per tensor (bit-identical on
-    # CPU, where torch does not pick it by default) with fewer Python-level operations.
-    optimizer = torch.optim.Adam(
-        module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, foreach=True
-    )
-    elbo = FreeBitsELBO(free_bits=cfg.free_bits)
-    schedule = KLSchedule(
-        kind=cfg.kl_schedule,
-        beta=cfg.beta,
-        total_steps=cfg.max_epochs * len(train_loader),
-        warmup_fraction=cfg.warmup_fraction,
-        n_cycles=cfg.n_cycles,
-        ratio=cfg.cycle_ratio,
-    )
-    hashed = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_KEYS}
-    # The parameter shapes too: a newer scvae may build other layers from the same settings,
-    # and its checkpoint must then not be loaded.
-    shapes = {k: list(v.shape) for k, v in module.state_dict().items()}
-    parts = [model_cfg.to_dict(), hashed, list(X.shape), int(X.nnz), shapes]
-    if block_size is not None:
-        parts.append({"block_size": block_size})
-    run_hash = settings_hash(*parts)
-    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt is not None:
-        # A kill while a checkpoint was being written leaves its temporary file behind.
-        remove_stale_temps(ckpt)
-    state = (ckpt and _load_checkpoint(ckpt, module, optimizer, run_hash, device)) or _State()
-
+    X = _checked_counts(adata, layer, source)
+    run = build_run(X, settings, checkpoint_dir)
     log.info(
         "training on %d cells (%d validation), %d genes, %d steps/epoch, device %s",
-        len(train_idx),
-        len(val_idx),
+        len(run.train_idx),
+        len(run.val_idx),
         X.shape[1],
-        len(train_loader),
-        device,
+        len(run.train_loader),
+        run.device,
     )
+    state, cfg = run.state, run.cfg
     bar = tqdm(
         range(state.epoch, cfg.max_epochs),
         initial=state.epoch,
@@ -344,97 +198,277 @@ def train(
         if state.stopped_early:
             break
         started = time.perf_counter()
-        sums = np.zeros(4)
-        n = 0
-        module.train()
         aggressive = state.aggressive and epoch < cfg.aggressive_epochs
-        if aggressive:
-            # Seeded per epoch, apart from the epochs' own shuffles: resumes stay exact.
-            inner = _endless(train_loader, 1_000_003 * (epoch + 1), device)
-        for x in train_loader.epoch(epoch, device):
-            weight = schedule(state.step)
-            if aggressive:
-                _encoder_steps(module, elbo, inner, weight, optimizer, cfg)
-            t = elbo.terms(module.model, module.guide, x, weight)
-            loss = elbo.loss_from_terms(t)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {state.step}: "
-                    f"the learning rate (lr={cfg.lr:g}) may be too high for this data, or the "
-                    "input may not be raw counts; lower lr or check the input"
-                    + _checkpoint_note(ckpt)
-                )
-            if aggressive:
-                _step(loss, module.generative_parameters(), optimizer, cfg.clip_norm)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
-                optimizer.step()
-            if cfg.calibrated_dispersion:
-                _calibrate_dispersion(module, x)
-            state.step += 1
-            with torch.no_grad():
-                b = x.shape[0]
-                kl = t.kl_per_dim.sum(-1) + t.kl_other
-                sums += [
-                    loss.item() * b,
-                    t.elbo.sum().item(),
-                    t.recon.sum().item(),
-                    kl.sum().item(),
-                ]
-                n += b
-        train_loss, train_elbo, train_recon, train_kl = (sums / n).tolist()
-        val = _evaluate(module, elbo, val_loader, device) if val_loader else {}
-        if aggressive:
-            # He et al.: leave the aggressive phase once the code's MI stops rising.
-            rows = val_idx if len(val_idx) else train_idx
-            mi = _validation_mi(module, X, rows, max(cfg.batch_size, 1024))
-            if mi <= state.best_val_mi:
-                state.aggressive = False
-                log.info("aggressive phase ends after epoch %d (MI %.3f nats)", epoch + 1, mi)
-            state.best_val_mi = max(state.best_val_mi, mi)
-        state.seconds += time.perf_counter() - started
-        state.epoch = epoch + 1
-        state.history.append(
-            {
-                "epoch": state.epoch,
-                "step": state.step,
-                "kl_weight": schedule(max(state.step - 1, 0)),
-                "train_loss": train_loss,
-                "train_elbo": train_elbo,
-                "train_recon": train_recon,
-                "train_kl": train_kl,
-                "val_elbo": val.get("elbo", math.nan),
-                "val_recon": val.get("recon", math.nan),
-                "val_kl": val.get("kl", math.nan),
-                "theta_median": _theta_median(module),
-                "aggressive": aggressive,
-                "seconds": state.seconds,
-            }
-        )
+        means = train_epoch(run, epoch, aggressive)
+        end_epoch(run, epoch, aggressive, means, started)
         bar.set_postfix(
-            elbo=f"{train_elbo:.1f}", kl=f"{train_kl:.2f}", w=f"{schedule(state.step):.2f}"
+            elbo=f"{means['train_elbo']:.1f}",
+            kl=f"{means['train_kl']:.2f}",
+            w=f"{run.schedule(state.step):.2f}",
         )
-        if cfg.early_stopping and val and state.step >= schedule.warmup_steps:
-            if val["elbo"] > state.best_val + cfg.min_delta:
-                state.best_val, state.bad_epochs = val["elbo"], 0
-            else:
-                state.bad_epochs += 1
-                if state.bad_epochs >= cfg.patience:
-                    state.stopped_early = True
-                    log.info(
-                        "early stopping after epoch %d (val ELBO %.2f)", state.epoch, val["elbo"]
-                    )
-        last = state.epoch == cfg.max_epochs or state.stopped_early
-        if ckpt is not None and (state.epoch % cfg.checkpoint_every == 0 or last):
-            _save_checkpoint(ckpt, module, optimizer, state, run_hash)
         if state.stopped_early:
             break
     bar.close()
-    module.eval()
+    run.module.eval()
+    return _fitted_model(run, adata)
 
+
+def _checked_counts(adata: AnnData, layer: str | None, source: str) -> sp.csr_matrix:
+    """The raw counts of ``adata``, checked to be counts of at least :data:`MIN_CELLS` cells."""
+    X = counts_matrix(adata, layer)
+    check_counts_chunked(X, source=source)
+    if X.shape[0] < MIN_CELLS:
+        raise InputError(
+            f"{source}: {X.shape[0]} cell(s); training needs at least {MIN_CELLS} (batch "
+            "normalization needs 2 cells per batch). Use more cells, or loosen the "
+            "preprocessing filters if they removed almost every cell."
+        )
+    return X
+
+
+def build_run(
+    X: sp.csr_matrix, settings: dict, checkpoint_dir: str | os.PathLike | None
+) -> TrainingRun:
+    """Everything a training run needs before its first epoch; resumed when it can be.
+
+    Parameters
+    ----------
+    X
+        Raw counts, cells x genes (in memory or on disk).
+    settings
+        Flat model and training settings.
+    checkpoint_dir
+        Where the checkpoint lives (None: no checkpoints).
+
+    Returns
+    -------
+    TrainingRun
+        The run, with its state restored from a checkpoint of the same run if any.
+    """
+    model_cfg, cfg = split_settings(settings, X.shape[1])
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    # Seeds torch, numpy and random: the initial weights and every draw of training.
+    pyro.set_rng_seed(cfg.seed)
+
+    train_idx, val_idx = split_cells(X.shape[0], cfg.val_fraction, cfg.seed)
+    module = _build_module(model_cfg, X, train_idx, device)
+    # Counts on disk are shuffled by blocks of rows (see CountBatches): far fewer reads.
+    block_size = BLOCK_SIZE if is_ondisk(X) else None
+    train_loader = CountBatches(
+        X, train_idx, cfg.batch_size, shuffle=True, seed=cfg.seed, block_size=block_size
+    )
+    val_loader = CountBatches(X, val_idx, max(cfg.batch_size, 1024)) if len(val_idx) else None
+
+    if cfg.calibrated_dispersion:
+        freeze_dispersion(module)
+    # foreach: the multi-tensor Adam, the same arithmetic per tensor (bit-identical on
+    # CPU, where torch does not pick it by default) with fewer Python-level operations.
+    optimizer = torch.optim.Adam(
+        module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, foreach=True
+    )
+    schedule = KLSchedule(
+        kind=cfg.kl_schedule,
+        beta=cfg.beta,
+        total_steps=cfg.max_epochs * len(train_loader),
+        warmup_fraction=cfg.warmup_fraction,
+        n_cycles=cfg.n_cycles,
+        ratio=cfg.cycle_ratio,
+    )
+    run_hash = training_hash(model_cfg, cfg, X.shape, X.nnz, module, block_size)
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt is not None:
+        # A kill while a checkpoint was being written leaves its temporary file behind.
+        remove_stale_temps(ckpt)
+    state = (ckpt and load_checkpoint(ckpt, module, optimizer, run_hash, device)) or TrainState()
+    return TrainingRun(
+        X=X,
+        cfg=cfg,
+        device=device,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        module=module,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        optimizer=optimizer,
+        elbo=FreeBitsELBO(free_bits=cfg.free_bits),
+        schedule=schedule,
+        run_hash=run_hash,
+        checkpoint=ckpt,
+        state=state,
+    )
+
+
+def _build_module(
+    model_cfg: VAEConfig, X: sp.csr_matrix, train_idx: np.ndarray, device: torch.device
+) -> VAE:
+    """The network, with the library prior of the training cells."""
+    log_lib = np.log(np.maximum(row_sums(X, train_idx), 1.0))
+    return VAE(
+        model_cfg,
+        library_log_mean=float(log_lib.mean()),
+        library_log_scale=float(max(log_lib.std(), 1e-3)),
+    ).to(device)
+
+
+def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, float]:
+    """One pass over the training cells.
+
+    Parameters
+    ----------
+    run
+        The run; its module, optimizer and ``state.step`` advance.
+    epoch
+        The epoch (0-based): it seeds the shuffle.
+    aggressive
+        Whether this epoch is in the aggressive phase (encoder-only steps before each
+        step of the decoder).
+
+    Returns
+    -------
+    dict
+        Means per cell over the epoch: ``train_loss``, ``train_elbo``, ``train_recon``,
+        ``train_kl``.
+
+    Raises
+    ------
+    TrainingError
+        If the loss is NaN or infinite.
+    """
+    sums = np.zeros(4)
+    n = 0
+    run.module.train()
+    inner = encoder_batches(run.train_loader, epoch, run.device) if aggressive else None
+    for x in run.train_loader.epoch(epoch, run.device):
+        loss, t = _train_step(run, x, epoch, inner)
+        with torch.no_grad():
+            b = x.shape[0]
+            kl = t.kl_per_dim.sum(-1) + t.kl_other
+            sums += [
+                loss.item() * b,
+                t.elbo.sum().item(),
+                t.recon.sum().item(),
+                kl.sum().item(),
+            ]
+            n += b
+    keys = ("train_loss", "train_elbo", "train_recon", "train_kl")
+    return dict(zip(keys, (sums / n).tolist(), strict=True))
+
+
+def _train_step(
+    run: TrainingRun, x: torch.Tensor, epoch: int, inner: Iterator[torch.Tensor] | None
+) -> tuple[torch.Tensor, ElboTerms]:
+    """One step on the minibatch ``x`` (after the encoder's steps on ``inner``, if given)."""
+    module, cfg, state, optimizer = run.module, run.cfg, run.state, run.optimizer
+    weight = run.schedule(state.step)
+    if inner is not None:
+        encoder_steps(module, run.elbo, inner, weight, optimizer, cfg)
+    t = run.elbo.terms(module.model, module.guide, x, weight)
+    loss = run.elbo.loss_from_terms(t)
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {state.step}: "
+            f"the learning rate (lr={cfg.lr:g}) may be too high for this data, or the "
+            "input may not be raw counts; lower lr or check the input"
+            + checkpoint_note(run.checkpoint)
+        )
+    if inner is not None:
+        optimizer_step(loss, module.generative_parameters(), optimizer, cfg.clip_norm)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
+        optimizer.step()
+    if cfg.calibrated_dispersion:
+        calibrate_dispersion(module, x)
+    state.step += 1
+    return loss, t
+
+
+def end_epoch(
+    run: TrainingRun, epoch: int, aggressive: bool, means: dict[str, float], started: float
+) -> None:
+    """Close an epoch: validate, record it, check early stopping, write a checkpoint.
+
+    Parameters
+    ----------
+    run
+        The run; its state gets the epoch's history row.
+    epoch
+        The epoch just trained (0-based).
+    aggressive
+        Whether it was in the aggressive phase (then the phase may end here).
+    means
+        The epoch's training means (:func:`train_epoch`).
+    started
+        ``time.perf_counter()`` at the start of the epoch.
+    """
+    state, cfg = run.state, run.cfg
+    val = _evaluate(run.module, run.elbo, run.val_loader, run.device) if run.val_loader else {}
+    if aggressive:
+        rows = run.val_idx if len(run.val_idx) else run.train_idx
+        update_aggressive_phase(state, run.module, run.X, rows, max(cfg.batch_size, 1024), epoch)
+    state.seconds += time.perf_counter() - started
+    state.epoch = epoch + 1
+    state.history.append(
+        {
+            "epoch": state.epoch,
+            "step": state.step,
+            "kl_weight": run.schedule(max(state.step - 1, 0)),
+            **means,
+            "val_elbo": val.get("elbo", math.nan),
+            "val_recon": val.get("recon", math.nan),
+            "val_kl": val.get("kl", math.nan),
+            "theta_median": _theta_median(run.module),
+            "aggressive": aggressive,
+            "seconds": state.seconds,
+        }
+    )
+    if cfg.early_stopping and val and state.step >= run.schedule.warmup_steps:
+        _update_early_stopping(state, cfg, val["elbo"])
+    last = state.epoch == cfg.max_epochs or state.stopped_early
+    if run.checkpoint is not None and (state.epoch % cfg.checkpoint_every == 0 or last):
+        save_checkpoint(run.checkpoint, run.module, run.optimizer, state, run.run_hash)
+
+
+def _evaluate(
+    module: VAE, elbo: FreeBitsELBO, loader: CountBatches, device: torch.device
+) -> dict[str, float]:
+    """Mean unweighted ELBO, reconstruction and KL per cell over a loader (eval mode)."""
+    module.eval()
+    sums = np.zeros(3)
+    n = 0
+    with torch.no_grad():
+        for x in loader.epoch(0, device):
+            t = elbo.terms(module.model, module.guide, x, 1.0)
+            kl = t.kl_per_dim.sum(-1) + t.kl_other
+            sums += [t.elbo.sum().item(), t.recon.sum().item(), kl.sum().item()]
+            n += x.shape[0]
+    module.train()
+    return dict(zip(("elbo", "recon", "kl"), (sums / max(n, 1)).tolist(), strict=True))
+
+
+def _theta_median(module: VAE) -> float:
+    log_theta = module.log_theta()
+    return float("nan") if log_theta is None else float(log_theta.detach().exp().median())
+
+
+def _update_early_stopping(state: TrainState, cfg: TrainConfig, val_elbo: float) -> None:
+    """Count an epoch without improvement of the validation ELBO; stop after ``patience``."""
+    if val_elbo > state.best_val + cfg.min_delta:
+        state.best_val, state.bad_epochs = val_elbo, 0
+        return
+    state.bad_epochs += 1
+    if state.bad_epochs >= cfg.patience:
+        state.stopped_early = True
+        log.info("early stopping after epoch %d (val ELBO %.2f)", state.epoch, val_elbo)
+
+
+def _fitted_model(run: TrainingRun, adata: AnnData) -> SCVAE:
+    """The fitted model with its history, summary and each cell's split."""
+    state = run.state
     history = pd.DataFrame(state.history)
     final = state.history[-1] if state.history else {}
     summary = {
@@ -446,78 +480,11 @@ def train(
         "final_train_kl": final.get("train_kl", math.nan),
         "final_val_elbo": final.get("val_elbo", math.nan),
         "final_val_kl": final.get("val_kl", math.nan),
-        "n_train_cells": int(len(train_idx)),
-        "n_val_cells": int(len(val_idx)),
-        "device": str(device),
-        "config_hash": run_hash,
+        "n_train_cells": int(len(run.train_idx)),
+        "n_val_cells": int(len(run.val_idx)),
+        "device": str(run.device),
+        "config_hash": run.run_hash,
     }
-    split = np.full(X.shape[0], "train", dtype=object)
-    split[val_idx] = "validation"
-    return SCVAE(module, cfg, list(map(str, adata.var_names)), history, summary, split)
-
-
-def run_train(
-    input_h5ad: str | os.PathLike,
-    model_out: str | os.PathLike,
-    history_out: str | os.PathLike,
-    latent_out: str | os.PathLike,
-    *,
-    checkpoint_dir: str | os.PathLike | None = None,
-    settings: dict | None = None,
-) -> SCVAE:
-    """Train on a preprocessed h5ad and write the model, the history and the latent AnnData.
-
-    The latent AnnData is the input plus ``obsm["X_scvae"]`` (posterior means),
-    ``obsm["X_scvae_scale"]`` (posterior standard deviations), ``obs["scvae_split"]``
-    (train / validation) and ``uns["scvae"]["train"]`` (settings, summary, versions).
-
-    Parameters
-    ----------
-    input_h5ad
-        Preprocessed AnnData with counts in ``layers["counts"]``.
-    model_out, history_out, latent_out
-        Output paths (``model.pt``, ``history.tsv``, ``latent.h5ad``), each written atomically.
-    checkpoint_dir
-        Where training checkpoints live (resumed when present).
-    settings
-        Flat model and training settings.
-
-    Returns
-    -------
-    SCVAE
-        The fitted model.
-    """
-    from scvae.data.readers import read_h5ad, write_h5ad
-    from scvae.utils.provenance import versions
-
-    settings = dict(settings or {})
-    for out in (model_out, history_out, latent_out):
-        # Left by a run of this job that was killed while writing.
-        remove_stale_temps(out)
-    # Large files stay on disk (scvae.data.ondisk.backed_min_bytes): memory bounded by batches.
-    adata = read_h5ad(input_h5ad, backed=None)
-    where = "layers['counts']" if "counts" in adata.layers else "X"
-    model = train(
-        adata, checkpoint_dir=checkpoint_dir, source=f"{input_h5ad} ({where})", **settings
-    )
-    model.save(model_out)
-    with atomic_path(history_out) as tmp:
-        model.history.to_csv(tmp, sep="\t", index=False)
-    loc, scale = model.get_latent(adata, return_scale=True)
-    adata.obsm["X_scvae"] = loc
-    adata.obsm["X_scvae_scale"] = scale
-    adata.obs["scvae_split"] = pd.Categorical(model.split, categories=["train", "validation"])
-    adata.uns.setdefault("scvae", {})["train"] = {
-        "model": model.module.config.to_dict(),
-        "training": model.train_config.to_dict(),
-        "summary": model.summary,
-        "versions": versions(),
-    }
-    write_h5ad(adata, latent_out)
-    log.info(
-        "wrote %s, %s and %s (obsm['X_scvae'], obsm['X_scvae_scale'])",
-        model_out,
-        history_out,
-        latent_out,
-    )
-    return model
+    split = np.full(run.X.shape[0], "train", dtype=object)
+    split[run.val_idx] = "validation"
+    return SCVAE(run.module, run.cfg, list(map(str, adata.var_names)), history, summary, split)

@@ -69,9 +69,9 @@ class TrainConfig:
         torch intra-op threads (0 = leave torch's choice).
     """
 
-    max_epochs: int = 400
-    batch_size: int = 128
-    lr: float = 1e-3
+    max_epochs: int = 150
+    batch_size: int = 512
+    lr: float = 4e-3
     weight_decay: float = 1e-6
     eps: float = 0.01
     clip_norm: float = 10.0
@@ -86,7 +86,7 @@ class TrainConfig:
     calibrated_dispersion: bool = False
     val_fraction: float = 0.1
     early_stopping: bool = True
-    patience: int = 30
+    patience: int = 20
     min_delta: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -137,6 +137,23 @@ class TrainConfig:
 
 MODEL_KEYS = frozenset(f.name for f in fields(VAEConfig)) - {"n_input"}
 TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def default_settings() -> dict:
+    """Every model and training setting at its default, the one source of defaults.
+
+    The workflow's schema (``config/config.schema.yaml``) repeats these values as its
+    ``default:`` entries; ``tests/training/test_settings.py`` holds the two equal.
+
+    Returns
+    -------
+    dict
+        Flat settings: :class:`~scvae.module.config.VAEConfig` (except ``n_input``) and
+        :class:`TrainConfig` fields with their default values.
+    """
+    out = {f.name: f.default for f in fields(VAEConfig) if f.name != "n_input"}
+    out.update({f.name: f.default for f in fields(TrainConfig)})
+    return out
 
 
 def split_settings(settings: dict, n_input: int) -> tuple[VAEConfig, TrainConfig]:

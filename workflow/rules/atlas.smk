@@ -51,16 +51,19 @@ rule atlas:
         table="results/atlas/atlas.tsv",
         summary=report(
             "results/atlas/atlas_summary.tsv",
+            caption="../report/atlas_summary.rst",
             category="Collapse atlas",
             labels={"table": "summary"},
         ),
         remedies=report(
             "results/atlas/atlas_remedies.tsv",
+            caption="../report/atlas_remedies.rst",
             category="Collapse atlas",
             labels={"table": "best remedy per mechanism"},
         ),
         figures=report(
             directory("results/atlas/figures"),
+            caption="../report/atlas_figures.rst",
             patterns=["{figure}.png"],
             category="Collapse atlas",
             labels={"figure": "{figure}"},

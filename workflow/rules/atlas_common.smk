@@ -3,10 +3,10 @@
 import json
 import re
 
-from scvae.atlas.core import atlas_jobs
+from scvae.atlas.grid import atlas_jobs
 
 ATLAS = config["atlas"]
-# Jobs of trainings, see scvae.atlas.core.atlas_jobs.
+# Jobs of trainings, see scvae.atlas.grid.atlas_jobs.
 ATLAS_JOBS = atlas_jobs(config)
 
 
@@ -60,8 +60,8 @@ def atlas_job_runtime(wildcards, attempt):
     runs = ATLAS_JOBS[wildcards.atlas_job]
     cells = ATLAS["n_cells"] or 10000
     seconds = sum(
-        2e-3 * r["settings"].get("max_epochs", 200) * cells
-        * (1 + r["settings"].get("aggressive_epochs", 0) / 5)
+        2e-3 * r["settings"]["max_epochs"] * cells
+        * (1 + r["settings"]["aggressive_epochs"] / 5)
         for r in runs
     )
     return int((10 + seconds / 60) * attempt)

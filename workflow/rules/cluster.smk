@@ -7,6 +7,7 @@ rule cluster:
         metrics="results/{dataset}/{name}/seed{seed}/metrics.json",
         umap=report(
             "results/{dataset}/{name}/seed{seed}/figures/umap.png",
+            caption="../report/umap.rst",
             category="UMAP",
             labels={"dataset": "{dataset}", "run": "{name}", "seed": "{seed}"},
         ),

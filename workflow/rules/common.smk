@@ -38,11 +38,11 @@ if config["baselines"]["scvi"] and SCVI_AVAILABLE:
     BASELINES.append("scvi")
 
 
-# The collapse atlas (config/atlas.yaml): jobs of trainings, see scvae.atlas.core.atlas_jobs.
+# The collapse atlas (config/atlas.yaml): jobs of trainings, see scvae.atlas.grid.atlas_jobs.
 # The atlas code is imported only when an atlas grid is configured.
 ATLAS = config.get("atlas")
 if ATLAS:
-    from scvae.atlas.core import atlas_jobs
+    from scvae.atlas.grid import atlas_jobs
 
     ATLAS_JOBS = atlas_jobs(config)
 else:
@@ -111,7 +111,7 @@ SMALL_DATASET_MB = 200
 
 def gpu_request(wildcards):
     """1 GPU for a run whose device is cuda; None (no GPU resource at all) otherwise."""
-    device = variant_settings(wildcards).get("device", "auto")
+    device = variant_settings(wildcards)["device"]
     return 1 if device.startswith("cuda") else None
 
 
@@ -155,9 +155,9 @@ def train_runtime(wildcards, input, threads, attempt):
     """Minutes for max_epochs over the cells (without early stopping), per attempt."""
     s = variant_settings(wildcards)
     cells, genes = _dims(input[0], input.size_mb)
-    width = max(s.get("n_hidden", 128), s.get("decoder_hidden", 0))
-    width *= max(1, s.get("n_layers", 1), s.get("decoder_layers", 0))
-    seconds = 8e-9 * s.get("max_epochs", 200) * cells * genes * width / threads**0.5
+    width = max(s["n_hidden"], s["decoder_hidden"])
+    width *= max(1, s["n_layers"], s["decoder_layers"])
+    seconds = 8e-9 * s["max_epochs"] * cells * genes * width / threads**0.5
     if gpu_request(wildcards):
         seconds /= 5
     return int((15 + seconds / 60) * attempt)
@@ -167,7 +167,7 @@ def diagnose_runtime(wildcards, input, threads, attempt):
     """Minutes for the IWAE bound (k_iwae samples per cell) and the rest, per attempt."""
     s = variant_settings(wildcards)
     cells, genes = _dims(input.latent, input.size_mb)
-    width = max(s.get("n_hidden", 128), s.get("decoder_hidden", 0))
+    width = max(s["n_hidden"], s["decoder_hidden"])
     seconds = 2e-10 * cells * config["diagnostics"]["k_iwae"] * genes * width / threads**0.5
     return int((15 + seconds / 60) * attempt)
 

@@ -5,11 +5,13 @@ rule compare:
         table="results/{dataset}/comparison.tsv",
         summary=report(
             "results/{dataset}/summary.tsv",
+            caption="../report/comparison_summary.rst",
             category="Comparison",
             labels={"dataset": "{dataset}", "table": "summary"},
         ),
         figures=report(
             directory("results/{dataset}/figures"),
+            caption="../report/comparison_figures.rst",
             patterns=["{figure}.png"],
             category="Comparison",
             labels={"dataset": "{dataset}", "figure": "{figure}"},

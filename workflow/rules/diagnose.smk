@@ -6,18 +6,21 @@ rule diagnose:
         json="results/{dataset}/{variant}/seed{seed}/diagnostics.json",
         kl=report(
             "results/{dataset}/{variant}/seed{seed}/figures/kl_per_dim.png",
+            caption="../report/kl_per_dim.rst",
             category="Diagnostics",
             subcategory="KL per dimension",
             labels={"dataset": "{dataset}", "variant": "{variant}", "seed": "{seed}"},
         ),
         sensitivity=report(
             "results/{dataset}/{variant}/seed{seed}/figures/sensitivity_vs_kl.png",
+            caption="../report/sensitivity_vs_kl.rst",
             category="Diagnostics",
             subcategory="Decoder sensitivity",
             labels={"dataset": "{dataset}", "variant": "{variant}", "seed": "{seed}"},
         ),
         spectrum=report(
             "results/{dataset}/{variant}/seed{seed}/figures/jtj_spectrum.png",
+            caption="../report/jtj_spectrum.rst",
             category="Diagnostics",
             subcategory="Jacobian spectrum",
             labels={"dataset": "{dataset}", "variant": "{variant}", "seed": "{seed}"},

@@ -5,6 +5,7 @@ rule preprocess:
         h5ad="results/{dataset}/preprocessed.h5ad",
         qc=report(
             "results/{dataset}/qc.png",
+            caption="../report/qc.rst",
             category="Quality control",
             labels={"dataset": "{dataset}", "figure": "QC"},
         ),

@@ -39,7 +39,7 @@ rule baseline:
         n_components=lambda wc: (
             int(wc.baseline[3:])
             if wc.baseline.startswith("pca")
-            else config["defaults"].get("n_latent", 10)
+            else config["defaults"]["n_latent"]
         ),
         pca_args=lambda wc: (
             f"--target-sum {config['baselines']['pca_target_sum']}"

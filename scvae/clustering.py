@@ -1,0 +1,294 @@
+"""Clustering of an embedding: kNN graph, Leiden and UMAP (scanpy).
+
+:func:`cluster` works on an embedding stored in an AnnData and records what it did;
+:func:`leiden_labels` clusters a plain array with the same graph and settings.
+:mod:`scvae.scores` scores the clusterings; :func:`scvae.cluster.run_cluster` is the
+pipeline's file-to-file step.
+
+What :func:`cluster` writes: ``obsp["distances"]``, ``obsp["connectivities"]``,
+``uns["neighbors"]`` (scanpy); ``obs[key]`` (categorical, first resolution) and, with
+several resolutions, ``obs[f"{key}_r{res}"]`` for each; ``obsm["X_umap"]`` and
+``uns["umap"]`` when ``umap=True``; ``uns["scvae"]["cluster"]["params"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+
+from scvae.errors import InputError
+
+__all__ = [
+    "MIN_UMAP_CELLS",
+    "checked_embedding",
+    "cluster",
+    "leiden_labels",
+    "resolution_tag",
+    "scvae_section",
+]
+
+logger = logging.getLogger(__name__)
+
+MIN_UMAP_CELLS = 4
+"""Fewest cells :func:`cluster` embeds with UMAP (its spectral layout needs 4)."""
+
+# Leiden as scanpy will run it by default: the igraph implementation, two iterations,
+# on the undirected graph.
+_LEIDEN = {"flavor": "igraph", "n_iterations": 2, "directed": False}
+
+
+def resolution_tag(resolution: float) -> str:
+    """Suffix that names a Leiden resolution in obs keys and metric names.
+
+    Parameters
+    ----------
+    resolution
+        Leiden resolution.
+
+    Returns
+    -------
+    str
+        ``"r"`` followed by the float's repr: ``1 -> "r1.0"``, ``0.5 -> "r0.5"``.
+    """
+    return f"r{float(resolution)!r}"
+
+
+def scvae_section(adata: ad.AnnData, section: str) -> dict:
+    """``adata.uns["scvae"][section]``, created empty where missing.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    section
+        Name of the section (``"cluster"``, ...).
+
+    Returns
+    -------
+    dict
+        The section itself (changes to it change ``adata``).
+    """
+    root = adata.uns.setdefault("scvae", {})
+    return root.setdefault(section, {})
+
+
+def checked_embedding(adata: ad.AnnData, use_rep: str) -> np.ndarray:
+    """``obsm[use_rep]`` as an array, checked to be a finite, non-empty matrix.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    use_rep
+        Key of the embedding in ``obsm``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cells x dimensions.
+
+    Raises
+    ------
+    InputError
+        When the embedding is missing, not 2-D or not finite.
+    """
+    if use_rep not in adata.obsm:
+        raise InputError(
+            f"obsm[{use_rep!r}] not found (obsm has {sorted(adata.obsm)}); train a model or "
+            "compute a baseline embedding first, or pass use_rep"
+        )
+    X = np.asarray(adata.obsm[use_rep])
+    if X.ndim != 2 or X.shape[1] == 0:
+        raise InputError(f"obsm[{use_rep!r}] must be a non-empty 2-D array, got {X.shape}")
+    if not np.isfinite(X).all():
+        raise InputError(
+            f"obsm[{use_rep!r}] contains NaN or infinite values; the training that wrote "
+            "it probably diverged"
+        )
+    return X
+
+
+def _check_resolutions(resolutions: Sequence[float]) -> list[float]:
+    res = [float(r) for r in np.atleast_1d(np.asarray(resolutions, dtype=float))]
+    if not res or any(not (r > 0 and math.isfinite(r)) for r in res):
+        raise InputError(f"resolutions must be positive finite numbers, got {resolutions!r}")
+    if len(set(res)) != len(res):
+        raise InputError(f"resolutions must be distinct, got {resolutions!r}")
+    return res
+
+
+def _check_n_neighbors(n_neighbors: int, n_obs: int) -> int:
+    if n_obs < 3:
+        raise InputError(f"need at least 3 cells to build a kNN graph, got {n_obs}")
+    if n_neighbors < 2:
+        raise InputError(f"n_neighbors must be >= 2, got {n_neighbors}")
+    if n_neighbors >= n_obs:
+        logger.warning("n_neighbors=%d >= n_cells=%d; using %d", n_neighbors, n_obs, n_obs - 1)
+        return n_obs - 1
+    return int(n_neighbors)
+
+
+def cluster(
+    adata: ad.AnnData,
+    *,
+    use_rep: str = "X_scvae",
+    n_neighbors: int = 15,
+    resolutions: Sequence[float] = (1.0,),
+    key: str = "scvae_leiden",
+    seed: int = 0,
+    umap: bool = True,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Build a kNN graph on an embedding, cluster it with Leiden and embed it with UMAP.
+
+    The graph is :func:`scanpy.pp.neighbors` on ``obsm[use_rep]`` (UMAP
+    connectivities, scanpy's default neighbours key, so an earlier graph in ``adata``
+    is replaced). Leiden is :func:`scanpy.tl.leiden` with ``flavor="igraph"``,
+    ``n_iterations=2``, ``directed=False`` (scanpy's future defaults) at each
+    resolution, all seeded with ``seed``.
+
+    Parameters
+    ----------
+    adata
+        Cells with an embedding in ``obsm[use_rep]``.
+    use_rep
+        Key of the embedding in ``obsm``.
+    n_neighbors
+        Neighbours per cell in the kNN graph (clamped to ``n_cells - 1``).
+    resolutions
+        Leiden resolutions; the first one is the primary clustering in ``obs[key]``.
+    key
+        Name of the primary clustering in ``obs``. With several resolutions each
+        clustering also goes to ``obs[f"{key}_{resolution_tag(r)}"]``, e.g.
+        ``"scvae_leiden_r0.5"``.
+    seed
+        Seed for the neighbour search, Leiden and UMAP.
+    umap
+        Whether to compute ``obsm["X_umap"]``.
+    copy
+        Return a modified copy instead of changing ``adata`` in place.
+
+    Returns
+    -------
+    AnnData or None
+        The copy when ``copy=True``, else ``None``.
+
+    Raises
+    ------
+    InputError
+        When the embedding is missing or not finite, or a setting is invalid.
+    """
+    adata = adata.copy() if copy else adata
+    checked_embedding(adata, use_rep)
+    res = _check_resolutions(resolutions)
+    n_neighbors = _check_n_neighbors(n_neighbors, adata.n_obs)
+    if umap and adata.n_obs < MIN_UMAP_CELLS:
+        raise InputError(
+            f"UMAP needs at least {MIN_UMAP_CELLS} cells, got {adata.n_obs}; use more cells "
+            "(or umap=False)"
+        )
+
+    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, random_state=seed)
+    keys = [key] if len(res) == 1 else [f"{key}_{resolution_tag(r)}" for r in res]
+    for r, col in zip(res, keys, strict=True):
+        sc.tl.leiden(adata, resolution=r, key_added=col, **_LEIDEN, random_state=seed)
+    if len(res) > 1:
+        adata.obs[key] = adata.obs[keys[0]].copy()
+    if umap:
+        sc.tl.umap(adata, random_state=seed)
+    params = _record_clustering(
+        adata,
+        use_rep=use_rep,
+        n_neighbors=n_neighbors,
+        res=res,
+        keys=keys,
+        key=key,
+        seed=seed,
+        umap=umap,
+    )
+    logger.info(
+        "cluster on obsm[%r]: added obsp['distances', 'connectivities'], uns['neighbors'], "
+        "%s%s, uns['scvae']['cluster']['params']",
+        use_rep,
+        _added_columns(params),
+        ", obsm['X_umap']" if umap else "",
+    )
+    return adata if copy else None
+
+
+def _record_clustering(
+    adata: ad.AnnData,
+    *,
+    use_rep: str,
+    n_neighbors: int,
+    res: list[float],
+    keys: list[str],
+    key: str,
+    seed: int,
+    umap: bool,
+) -> dict:
+    """Store the clustering's settings in ``uns["scvae"]["cluster"]["params"]``."""
+    n_clusters = [int(adata.obs[col].nunique()) for col in keys]
+    # A new clustering makes any earlier metrics stale, so the section is replaced.
+    adata.uns.setdefault("scvae", {})["cluster"] = {}
+    params = scvae_section(adata, "cluster")["params"] = {
+        "use_rep": use_rep,
+        "n_neighbors": int(n_neighbors),
+        "resolutions": res,
+        "keys": keys,
+        "key": key,
+        "n_clusters": n_clusters,
+        "seed": int(seed),
+        "umap": bool(umap),
+        "leiden_flavor": _LEIDEN["flavor"],
+        "leiden_n_iterations": _LEIDEN["n_iterations"],
+    }
+    return params
+
+
+def _added_columns(params: dict) -> str:
+    """The ``obs`` columns :func:`cluster` added, for its log line."""
+    res, keys, key = params["resolutions"], params["keys"], params["key"]
+    n_clusters = params["n_clusters"]
+    added = ", ".join(
+        f"obs[{col!r}] ({n} clusters at resolution {r:g})"
+        for col, n, r in zip(keys, n_clusters, res, strict=True)
+    )
+    if len(res) > 1:
+        added += f", obs[{key!r}] (= obs[{keys[0]!r}])"
+    return added
+
+
+def leiden_labels(
+    X: np.ndarray, *, resolution: float = 1.0, n_neighbors: int = 15, seed: int = 0
+) -> np.ndarray:
+    """Leiden clusters of an embedding, with the same graph and settings as :func:`cluster`.
+
+    Parameters
+    ----------
+    X
+        Embedding, cells x dimensions.
+    resolution
+        Leiden resolution.
+    n_neighbors
+        Neighbours per cell in the kNN graph (clamped to ``n_cells - 1``).
+    seed
+        Seed for the neighbour search and Leiden.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cluster id per cell, as strings.
+    """
+    tmp = ad.AnnData(obs=pd.DataFrame(index=np.arange(X.shape[0]).astype(str)))
+    tmp.obsm["X"] = np.asarray(X, dtype=np.float32)
+    n_neighbors = _check_n_neighbors(n_neighbors, tmp.n_obs)
+    sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep="X", random_state=seed)
+    sc.tl.leiden(tmp, resolution=resolution, **_LEIDEN, random_state=seed)
+    return tmp.obs["leiden"].astype(str).to_numpy()

@@ -1,0 +1,204 @@
+"""Training checkpoints: what a run has done so far, written atomically and resumed.
+
+A checkpoint holds the network, the optimizer, torch's random state and a
+:class:`TrainState`, under the hash of everything that decides what training computes
+(:func:`training_hash`). A rerun with the same hash resumes from it and gives the same numbers
+as an uninterrupted run; any other checkpoint is ignored, loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from scvae.module.config import VAEConfig
+from scvae.module.vae import VAE
+from scvae.training.settings import TrainConfig, settings_hash
+from scvae.utils.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+"""File name of the checkpoint in a run's checkpoint directory."""
+
+RESUMABLE_KEYS = ("checkpoint_every", "threads", "device")
+"""Training settings that do not change what is computed: a checkpoint written under
+other values of them can still be resumed."""
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the network and optimizer.
+
+    Attributes
+    ----------
+    epoch
+        Epochs completed.
+    step
+        Optimizer steps taken (the KL schedule's clock).
+    best_val
+        Best validation ELBO so far (early stopping).
+    bad_epochs
+        Epochs since the validation ELBO last improved by ``min_delta``.
+    seconds
+        Training time so far, summed over resumed runs.
+    stopped_early
+        Whether early stopping ended training.
+    aggressive
+        Whether the aggressive phase may still run (it ends for good once the
+        validation mutual information stops rising).
+    best_val_mi
+        Highest validation mutual information of the aggressive phase so far.
+    history
+        One row per completed epoch.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    best_val: float = -math.inf
+    bad_epochs: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+    aggressive: bool = True
+    best_val_mi: float = -math.inf
+    history: list[dict] = field(default_factory=list)
+
+
+def training_hash(
+    model_cfg: VAEConfig,
+    cfg: TrainConfig,
+    shape: tuple[int, int],
+    nnz: int,
+    module: VAE,
+    block_size: int | None,
+) -> str:
+    """Hash of everything that decides what a training run computes.
+
+    Parameters
+    ----------
+    model_cfg, cfg
+        Model and training settings (the :data:`RESUMABLE_KEYS` are left out).
+    shape, nnz
+        Shape and number of stored entries of the counts.
+    module
+        The freshly built network: the shapes of its parameters count too.
+    block_size
+        Rows per shuffled block of counts on disk (None: counts in memory).
+
+    Returns
+    -------
+    str
+        A short hex digest; a checkpoint resumes only a run with the same one.
+    """
+    hashed = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
+    # The parameter shapes too: a newer scvae may build other layers from the same settings,
+    # and its checkpoint must then not be loaded.
+    shapes = {k: list(v.shape) for k, v in module.state_dict().items()}
+    parts = [model_cfg.to_dict(), hashed, list(shape), int(nnz), shapes]
+    if block_size is not None:
+        parts.append({"block_size": block_size})
+    return settings_hash(*parts)
+
+
+def save_checkpoint(
+    path: Path,
+    module: VAE,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    run_hash: str,
+) -> None:
+    """Write a checkpoint atomically (a kill mid-write leaves the previous one intact).
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+    module, optimizer
+        The network and optimizer whose state is saved.
+    state
+        Progress so far.
+    run_hash
+        The run's :func:`training_hash`.
+    """
+    payload = {
+        "run_hash": run_hash,
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": state.__dict__,
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)  # a file object: a full disk is an OSError
+
+
+def load_checkpoint(
+    path: Path,
+    module: VAE,
+    optimizer: torch.optim.Optimizer,
+    run_hash: str,
+    device: torch.device,
+) -> TrainState | None:
+    """Restore a checkpoint of the same run into ``module``, ``optimizer`` and torch's RNG.
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+    module, optimizer
+        Loaded in place.
+    run_hash
+        The run's :func:`training_hash`; a checkpoint written under another is ignored.
+    device
+        Where the saved tensors go.
+
+    Returns
+    -------
+    TrainState or None
+        The saved progress, or None (start from scratch) when there is no checkpoint,
+        it cannot be read, or it belongs to another run.
+    """
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # a checkpoint cut short by a kill: start over, loudly
+        log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, err)
+        return None
+    if payload.get("run_hash") != run_hash:
+        log.warning(
+            "checkpoint %s was written with other settings, data or model layers; training "
+            "from scratch",
+            path,
+        )
+        return None
+    module.load_state_dict(payload["module"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["torch_rng"])
+    state = TrainState(**payload["state"])
+    log.info("resuming from %s after epoch %d (step %d)", path, state.epoch, state.step)
+    return state
+
+
+def checkpoint_note(path: Path | None) -> str:
+    """The end of an error message that says where the last good checkpoint is.
+
+    Parameters
+    ----------
+    path
+        The checkpoint file (None: training keeps no checkpoints).
+
+    Returns
+    -------
+    str
+        ``""`` without checkpoints, else a sentence (starting ``". "``) naming the kept
+        checkpoint or saying that none had been written yet.
+    """
+    if path is None:
+        return ""
+    if path.exists():
+        return f". The last good checkpoint is kept at {path}"
+    return f". No checkpoint had been written yet to {path.parent}"

@@ -1,0 +1,162 @@
+"""The cluster stage: an embedding's h5ad to a clustered h5ad and a metrics JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scvae import baseline, cluster
+from scvae import metrics as M
+from scvae.errors import InputError
+from scvae.scores import score
+from scvae.utils.jsonio import write_json
+
+N_CELLS = 600  # cells of the pbmc_counts fixture
+
+
+def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
+    src = tmp_path / "pre.h5ad"
+    pbmc_counts.write_h5ad(src)
+    base = tmp_path / "pca10.h5ad"
+    rec = baseline.run_baseline(src, base, method="pca", n_components=10, seed=0)
+    assert rec["status"] == "ok"
+    written = ad.read_h5ad(base)
+    assert written.obsm["X_scvae"].shape == (N_CELLS, 10)
+    assert written.uns["scvae"]["baseline"]["method"] == "pca"
+    assert written.uns["scvae"]["baseline"]["n_components"] == 10
+    assert rec["target_sum"] == baseline.median_library_size(pbmc_counts)
+    assert sp.issparse(written.X) and written.X.max() == pbmc_counts.X.max()  # X untouched
+
+    out_h5ad, out_json = tmp_path / "final.h5ad", tmp_path / "metrics.json"
+    record = cluster.run_cluster(
+        base, out_h5ad, out_json, resolutions=[1.0, 0.5], n_neighbors=15, seed=0
+    )
+    on_disk = json.loads(out_json.read_text())
+    assert on_disk == record
+    assert on_disk["status"] == "ok"
+    assert on_disk["baseline"]["method"] == "pca"
+    assert on_disk["cluster"]["resolutions"] == [1.0, 0.5]
+    assert on_disk["score"]["has_labels"] is True
+    final = ad.read_h5ad(out_h5ad)
+    stored = final.uns["scvae"]["cluster"]
+    assert dict(stored["metrics"]) == pytest.approx(on_disk["metrics"])
+    assert list(stored["params"]["keys"]) == ["scvae_leiden_r1.0", "scvae_leiden_r0.5"]
+    assert final.obsm["X_umap"].shape == (N_CELLS, 2)
+    assert isinstance(final.obs["scvae_leiden_r0.5"].dtype, pd.CategoricalDtype)
+    # score() works again on the reloaded file (params came back as arrays)
+    assert score(final)["kmeans_ari"] == pytest.approx(on_disk["metrics"]["kmeans_ari"])
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_run_cluster_averages_kmeans_fits(pbmc_counts, tmp_path):
+    src, base = tmp_path / "pre.h5ad", tmp_path / "pca10.h5ad"
+    pbmc_counts.write_h5ad(src)
+    baseline.run_baseline(src, base, method="pca", n_components=10, target_sum=1e4)
+    fixed = baseline.pca_embedding(pbmc_counts, n_components=10, target_sum=1e4)
+    labels = pbmc_counts.obs["label"].to_numpy()
+    fits = {}
+    for n in (1, 3):
+        out = cluster.run_cluster(
+            base, tmp_path / f"f{n}.h5ad", tmp_path / f"m{n}.json", kmeans_fits=n, seed=4
+        )
+        assert out["score"]["kmeans_fits"] == n
+        expected = M.kmeans_ari_nmi(fixed, labels, rng=4, n_repeats=n)
+        assert out["metrics"]["kmeans_ari"] == pytest.approx(expected["ari"], abs=1e-6)
+        fits[n] = out["metrics"]["kmeans_ari"]
+    # the data have several KMeans optima, so the setting visibly changes the score
+    assert fits[1] != pytest.approx(fits[3], abs=1e-6)
+
+
+def test_run_cluster_on_trained_output_with_diagnostics_and_umap_plot(pbmc_pca, tmp_path):
+    latent = pbmc_pca.copy()
+    latent.uns["scvae"] = {
+        "train": {
+            "model": {"n_latent": 10, "likelihood": "nb"},
+            "summary": {"epochs": 7, "train_seconds": 3.5, "stopped_early": False},
+            "versions": {"torch": "x"},
+        }
+    }
+    run_dir = tmp_path / "results" / "toy" / "beta" / "seed2"
+    run_dir.mkdir(parents=True)
+    latent.write_h5ad(run_dir / "latent.h5ad")
+    diag = {
+        "verdict": "healthy",
+        "verdict_reason": "fine",
+        "mi": 2.5,
+        "active_units": 9,
+        "kl_per_dim": [1.0, None, 0.5],
+        "kl_total": 1.5,
+        "iwae_ll_per_cell": -800.0,
+        "validation": {},
+        "settings": {"k_iwae": 10},
+        "big": list(range(5)),
+    }
+    (run_dir / "diagnostics.json").write_text(json.dumps(diag))
+    record = cluster.run_cluster(
+        run_dir / "latent.h5ad",
+        run_dir / "final.h5ad",
+        run_dir / "metrics.json",
+        resolutions=[0.5, 1.0],
+        diagnostics_json=run_dir / "diagnostics.json",
+        umap_plot=run_dir / "figures" / "umap.png",
+    )
+    assert record["train"] == {
+        "n_latent": 10,
+        "likelihood": "nb",
+        "epochs": 7,
+        "train_seconds": 3.5,
+        "stopped_early": False,
+    }
+    assert record["diagnostics"]["kl_per_dim"] == [1.0, None, 0.5]
+    assert "big" not in record["diagnostics"] and record["diagnostics"]["verdict"] == "healthy"
+    assert "leiden_ari_r0.5" in record["metrics"]
+    assert record["metrics"]["leiden_ari"] == record["metrics"]["leiden_ari_r0.5"]  # primary
+    final = ad.read_h5ad(run_dir / "final.h5ad")
+    stored = final.uns["scvae"]["diagnostics"]
+    assert stored["verdict"] == "healthy"
+    assert np.isnan(stored["kl_per_dim"][1])
+    assert final.uns["scvae"]["train"]["summary"]["epochs"] == 7
+    assert (run_dir / "figures" / "umap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unavailable_scvi_baseline_flows_through(pbmc_counts, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "scvi", None)  # makes `import scvi` raise ImportError
+    src = tmp_path / "pre.h5ad"
+    pbmc_counts[:50].copy().write_h5ad(src)
+    base = tmp_path / "scvi10.h5ad"
+    assert baseline.run_baseline(src, base, method="scvi", n_components=10)["status"] == (
+        "unavailable"
+    )
+
+    out_json = tmp_path / "metrics.json"
+    umap = tmp_path / "umap.png"
+    record = cluster.run_cluster(base, tmp_path / "final.h5ad", out_json, umap_plot=umap)
+    assert umap.is_file()  # a placeholder panel, so the pipeline's output exists
+    assert record["status"] == "unavailable"
+    assert record["metrics"] == {}
+    assert "scvi-tools" in json.loads(out_json.read_text())["reason"]
+
+
+def test_metrics_json_nan_is_null(tmp_path):
+    path = tmp_path / "m.json"
+    write_json({"metrics": {"a": float("nan"), "b": np.float32(0.5), "n": np.int64(3)}}, path)
+    assert json.loads(path.read_text()) == {"metrics": {"a": None, "b": 0.5, "n": 3}}
+    assert math.isnan(cluster.read_metrics_json(path)["metrics"]["a"])
+
+
+def test_too_few_cells_for_umap_name_the_file(tmp_path):
+    tiny = ad.AnnData(X=sp.csr_matrix(np.arange(1, 31, dtype=np.float32).reshape(3, 10)))
+    tiny.layers["counts"] = tiny.X.copy()
+    tiny.obsm["X_scvae"] = np.random.default_rng(0).normal(size=(3, 2))
+    path = tmp_path / "latent.h5ad"
+    tiny.write_h5ad(path)
+    with pytest.raises(InputError, match=rf"^{path}: UMAP needs at least 4 cells, got 3"):
+        cluster.run_cluster(path, tmp_path / "final.h5ad", tmp_path / "metrics.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latent.h5ad"]

@@ -1,0 +1,132 @@
+"""The training loop: real data, save/load, determinism, settings and failures."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import scvae
+from scvae.errors import InputError, TrainingError
+from scvae.model import SCVAE
+
+# `scvae.train` is the function; the module it lives in is reached through importlib.
+train_mod = importlib.import_module("scvae.training.loop")
+FAST = {"n_latent": 4, "n_hidden": 32, "batch_size": 64, "threads": 1}
+
+
+def test_two_epochs_on_real_data(pbmc_small):
+    model = scvae.train(pbmc_small, max_epochs=2, **FAST)
+    assert model.summary["epochs"] == 2
+    assert list(model.history["epoch"]) == [1, 2]
+    assert np.isfinite(model.history[["train_elbo", "val_elbo", "train_kl"]].to_numpy()).all()
+    z, s = model.get_latent(pbmc_small, return_scale=True)
+    assert z.shape == s.shape == (pbmc_small.n_obs, 4)
+    assert (s > 0).all()
+    assert set(model.split) == {"train", "validation"}
+
+
+def test_save_load_round_trip_gives_the_same_latent(pbmc_small, tmp_path):
+    model = scvae.train(pbmc_small, max_epochs=1, bn_gamma=0.5, **FAST)
+    model.save(tmp_path / "model.pt")
+    loaded = SCVAE.load(tmp_path / "model.pt")
+    np.testing.assert_array_equal(model.get_latent(pbmc_small), loaded.get_latent(pbmc_small))
+    assert loaded.module.config == model.module.config
+    assert loaded.summary == model.summary
+
+
+def test_same_seed_gives_identical_latent_and_other_seed_differs(pbmc_small):
+    a = scvae.train(pbmc_small, max_epochs=2, seed=3, **FAST).get_latent(pbmc_small)
+    b = scvae.train(pbmc_small, max_epochs=2, seed=3, **FAST).get_latent(pbmc_small)
+    c = scvae.train(pbmc_small, max_epochs=2, seed=4, **FAST).get_latent(pbmc_small)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_non_finite_loss_stops_with_the_epoch_and_cause(pbmc_small, tmp_path, monkeypatch):
+    real = train_mod.FreeBitsELBO.loss_from_terms
+    state = {"n": 0}
+
+    def poisoned(self, t):
+        state["n"] += 1
+        loss = real(self, t)
+        return loss * float("nan") if state["n"] > 12 else loss
+
+    monkeypatch.setattr(train_mod.FreeBitsELBO, "loss_from_terms", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 3") as err:
+        scvae.train(pbmc_small, max_epochs=5, checkpoint_every=1, checkpoint_dir=tmp_path, **FAST)
+    assert "learning rate" in str(err.value)
+    assert str(tmp_path / "checkpoint.pt") in str(err.value)
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_unknown_setting_and_bad_values_are_named(pbmc_small):
+    with pytest.raises(ValueError, match="bogus"):
+        scvae.train(pbmc_small, bogus=1)
+    with pytest.raises(ValueError, match="beta"):
+        scvae.train(pbmc_small, beta=-1.0)
+    with pytest.raises(ValueError, match="likelihood"):
+        scvae.train(pbmc_small, likelihood="gaussian")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"free_bits": -0.1}, "training setting free_bits=-0.1 is out of range: must be >= 0"),
+        ({"beta": -1.0}, "training setting beta=-1.0 is out of range: must be >= 0"),
+        ({"batch_size": 1}, "batch_size=1 is out of range: must be >= 2"),
+        ({"kl_schedule": "cosine"}, "kl_schedule='cosine' is not one of"),
+        ({"n_latent": "ten"}, "setting n_latent='ten': expected an integer, got str"),
+        ({"lr": "fast"}, "setting lr='fast': expected a number, got str"),
+        ({"early_stopping": 1}, "setting early_stopping=1: expected true or false, got int"),
+    ],
+)
+def test_bad_setting_is_rejected_before_training_with_the_key_named(
+    pbmc_small, setting, message, monkeypatch
+):
+    monkeypatch.setattr(train_mod, "VAE", None)  # must fail before building the model
+    with pytest.raises(ValueError, match=re.escape(message)):
+        scvae.train(pbmc_small, **setting)
+
+
+def test_normalized_input_is_rejected(pbmc_small):
+    bad = pbmc_small.copy()
+    bad.layers["counts"] = bad.layers["counts"].multiply(0.37).tocsr()
+    with pytest.raises(InputError, match="counts"):
+        scvae.train(bad, max_epochs=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_is_a_clear_error(pbmc_small):
+    with pytest.raises(TrainingError, match="CUDA"):
+        scvae.train(pbmc_small, device="cuda", max_epochs=1)
+
+
+@pytest.mark.parametrize("n_cells", [2, 3, 5, 7])
+def test_tiny_data_adapts_the_batch_size(pbmc_small, n_cells):
+    tiny = pbmc_small[:n_cells].copy()
+    model = scvae.train(tiny, max_epochs=2, **FAST)
+    assert model.get_latent(tiny).shape == (n_cells, 4)
+    assert model.summary["n_train_cells"] + model.summary["n_val_cells"] == n_cells
+    assert np.isfinite(model.history["train_elbo"]).all()
+
+
+def test_fewer_cells_than_the_minimum_is_a_clear_error(pbmc_small):
+    assert train_mod.MIN_CELLS == 2
+    with pytest.raises(InputError) as err:
+        scvae.train(pbmc_small[:1].copy(), source="cells.h5ad", max_epochs=1, **FAST)
+    msg = str(err.value)
+    assert msg.startswith("cells.h5ad: 1 cell(s); training needs at least 2")
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so(pbmc_small, tmp_path):
+    # A learning rate this large really diverges on the first step: no test hook needed.
+    with pytest.raises(TrainingError) as err:
+        scvae.train(pbmc_small, max_epochs=2, lr=1e6, checkpoint_dir=tmp_path, **FAST)
+    msg = str(err.value)
+    assert "non-finite loss" in msg and "at epoch 1" in msg and "lr=1e+06" in msg
+    assert "No checkpoint had been written yet" in msg
+    assert list(tmp_path.iterdir()) == []
