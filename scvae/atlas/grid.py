@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS, default_settings
+from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS
 
 __all__ = [
     "STAGES",
@@ -206,11 +206,7 @@ def atlas_runs(config: Mapping) -> list[AtlasRun]:
         candidates.
     """
     atlas = config["atlas"]
-    base = {
-        **default_settings(),
-        **config.get("defaults", {}),
-        **_check_settings(atlas.get("base", {}), "base"),
-    }
+    base = {**config.get("defaults", {}), **_check_settings(atlas.get("base", {}), "base")}
     base.pop("seed", None)
     remedies = atlas.get("remedies", {})
     runs: list[AtlasRun] = []

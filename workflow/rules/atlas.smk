@@ -44,7 +44,7 @@ rule atlas_run:
         "--params {params.settings:q} --threads {threads}"
 
 
-rule atlas:
+rule atlas_report:
     input:
         atlas_inputs,
     output:
@@ -82,3 +82,9 @@ rule atlas:
         "{params.cli} --log {log} atlas-report --inputs {input} --table {output.table} "
         "--summary {output.summary} --remedies {output.remedies} "
         "--figure-dir {output.figures}"
+
+
+# The target: `snakemake --cores 2 atlas --configfile config/atlas.yaml`.
+rule atlas:
+    input:
+        rules.atlas_report.output,

@@ -4,6 +4,7 @@ import json
 import re
 
 from scvae.atlas.grid import atlas_jobs
+from scvae.training.settings import default_settings
 
 ATLAS = config["atlas"]
 # Jobs of trainings, see scvae.atlas.grid.atlas_jobs.
@@ -59,9 +60,9 @@ def atlas_job_runtime(wildcards, attempt):
     """Minutes: about 2 s per epoch-thousand-cells of each training, plus start-up."""
     runs = ATLAS_JOBS[wildcards.atlas_job]
     cells = ATLAS["n_cells"] or 10000
+    # A run's settings override the package defaults (scvae.train fills in the rest).
+    settings = [{**default_settings(), **r["settings"]} for r in runs]
     seconds = sum(
-        2e-3 * r["settings"]["max_epochs"] * cells
-        * (1 + r["settings"]["aggressive_epochs"] / 5)
-        for r in runs
+        2e-3 * s["max_epochs"] * cells * (1 + s["aggressive_epochs"] / 5) for s in settings
     )
     return int((10 + seconds / 60) * attempt)
