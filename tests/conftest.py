@@ -87,3 +87,14 @@ def pbmc_pca(pbmc_counts: anndata.AnnData) -> anndata.AnnData:
     adata = pbmc_counts.copy()
     adata.obsm["X_scvae"] = pca_embedding(adata, n_components=10)
     return adata
+
+
+@pytest.fixture
+def h5_counts(tmp_path):
+    """700 synthetic cells x 25 genes in an h5ad file (X and layers["counts"]): (path, AnnData)."""
+    from scvae.data.synthetic import synthetic_counts
+
+    a = synthetic_counts(700, 25, seed=2)
+    a.layers["counts"] = a.X.copy()
+    a.write_h5ad(tmp_path / "c.h5ad")
+    return tmp_path / "c.h5ad", a

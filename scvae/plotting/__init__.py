@@ -1,0 +1,1 @@
+"""Figures of the QC, diagnostics and comparison stages, with one shared style."""

@@ -13,7 +13,6 @@ from scipy import sparse
 
 import scvae
 from scvae.data.ondisk import H5CSR, take_rows
-from scvae.data.synthetic import synthetic_counts
 from scvae.diagnostics.run import diagnose
 
 FAST = {"n_latent": 3, "n_hidden": 16, "batch_size": 32, "threads": 1}
@@ -27,14 +26,6 @@ def _clear_param_store():
 
 
 # ------------------------------------------------------------------ counts on disk
-
-
-@pytest.fixture
-def h5_counts(tmp_path):
-    a = synthetic_counts(700, 25, seed=2)
-    a.layers["counts"] = a.X.copy()
-    a.write_h5ad(tmp_path / "c.h5ad")
-    return tmp_path / "c.h5ad", a
 
 
 def test_training_latent_and_diagnostics_from_a_backed_file(h5_counts):
