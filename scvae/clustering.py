@@ -28,6 +28,7 @@ __all__ = [
     "MIN_UMAP_CELLS",
     "checked_embedding",
     "cluster",
+    "leiden_clusterings",
     "leiden_labels",
     "resolution_tag",
     "scvae_section",
@@ -286,9 +287,38 @@ def leiden_labels(
     numpy.ndarray
         Cluster id per cell, as strings.
     """
+    return leiden_clusterings(X, resolutions=[resolution], n_neighbors=n_neighbors, seed=seed)[
+        resolution
+    ]
+
+
+def leiden_clusterings(
+    X: np.ndarray, *, resolutions: Sequence[float], n_neighbors: int = 15, seed: int = 0
+) -> dict[float, np.ndarray]:
+    """Leiden clusters of an embedding at several resolutions, on one kNN graph.
+
+    Parameters
+    ----------
+    X
+        Embedding, cells x dimensions.
+    resolutions
+        Leiden resolutions.
+    n_neighbors
+        Neighbours per cell in the kNN graph (clamped to ``n_cells - 1``).
+    seed
+        Seed for the neighbour search and Leiden.
+
+    Returns
+    -------
+    dict
+        Resolution -> cluster id per cell, as strings.
+    """
     tmp = ad.AnnData(obs=pd.DataFrame(index=np.arange(X.shape[0]).astype(str)))
     tmp.obsm["X"] = np.asarray(X, dtype=np.float32)
     n_neighbors = _check_n_neighbors(n_neighbors, tmp.n_obs)
     sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep="X", random_state=seed)
-    sc.tl.leiden(tmp, resolution=resolution, **_LEIDEN, random_state=seed)
-    return tmp.obs["leiden"].astype(str).to_numpy()
+    out = {}
+    for r in resolutions:
+        sc.tl.leiden(tmp, resolution=r, **_LEIDEN, random_state=seed)
+        out[r] = tmp.obs["leiden"].astype(str).to_numpy()
+    return out
