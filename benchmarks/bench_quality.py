@@ -21,7 +21,7 @@ measured). Every embedding is scored by the same code: KMeans ARI/NMI (mean over
 fits, k = number of labels), Leiden ARI/NMI at resolutions 0.25-2 and the best of them
 (scIB's choice), collapse diagnostics for the VAEs.
 
-Records go to ``benchmarks/results/quality.jsonl`` (one JSON line per run, keyed by
+Records go to ``benchmarks/quality_records.jsonl`` (one JSON line per run, keyed by
 dataset, method, the hash of its settings and seed); a rerun skips what is there.
 """
 
@@ -43,7 +43,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-RECORDS = ROOT / "benchmarks" / "results" / "quality.jsonl"
+RECORDS = ROOT / "benchmarks" / "quality_records.jsonl"
 METHODS = ROOT / "benchmarks" / "quality_methods.yaml"
 WORK = Path(os.environ.get("SCVAE_BENCH_DIR", "/tmp/scvae-quality"))
 
@@ -91,7 +91,17 @@ def load_methods(config_path: Path = ROOT / "config" / "config.yaml") -> dict[st
 
 
 def method_hash(method: dict) -> str:
-    """Short hash of a method's definition: records of other settings are not reused."""
+    """Short hash of a method's definition: records of other settings are not reused.
+
+    VAE settings enter with the keys that differ from the package defaults only, so that
+    a new setting (added with a default that keeps the old behaviour) keeps the records.
+    """
+    from scvae.training.settings import default_settings
+
+    if method["kind"] == "vae":
+        defaults = default_settings()
+        changed = {k: v for k, v in method["settings"].items() if defaults.get(k) != v}
+        method = {**method, "settings": changed}
     return hashlib.sha256(json.dumps(method, sort_keys=True).encode()).hexdigest()[:12]
 
 
