@@ -330,7 +330,9 @@ def cmd_table(args: argparse.Namespace) -> None:
             for m in shown:
                 if (d, m) in means.index:
                     row = means.loc[(d, m)]
-                    cells.append(f"{_fmt(row['mean'], row['std'], row['count'])} [{row['count']}]")
+                    cells.append(
+                        f"{_fmt(row['mean'], row['std'], row['count'])} [{int(row['count'])}]"
+                    )
                 else:
                     cells.append("")
             print(f"| {d} | " + " | ".join(cells) + " |")

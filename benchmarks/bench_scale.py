@@ -231,7 +231,7 @@ def _torch_fit(adata, settings: dict) -> tuple[object, float, int, int]:
     started = time.perf_counter()
     for epoch in range(cfg.max_epochs):
         module.train()
-        for x in loader.epoch(epoch):
+        for x, _ in loader.epoch(epoch):
             recon, kl = terms(x)
             kl_dims = kl.mean(0)
             if cfg.free_bits > 0:
@@ -245,7 +245,7 @@ def _torch_fit(adata, settings: dict) -> tuple[object, float, int, int]:
             step += 1
         module.eval()
         with torch.no_grad():
-            for x in val.epoch(0):
+            for x, _ in val.epoch(0):
                 terms(x)
     seconds = time.perf_counter() - started
     module.eval()
@@ -253,7 +253,7 @@ def _torch_fit(adata, settings: dict) -> tuple[object, float, int, int]:
         z = np.concatenate(
             [
                 module.inference(x)["qz"].loc.numpy()
-                for x in CountBatches(X, np.arange(X.shape[0]), 1024).epoch(0)
+                for x, _ in CountBatches(X, np.arange(X.shape[0]), 1024).epoch(0)
             ]
         )
     return z, seconds, len(train_idx), cfg.max_epochs

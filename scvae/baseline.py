@@ -1,10 +1,9 @@
-"""Baseline embeddings (PCA, scVI) that the VAE variants are compared against.
+"""The ``baseline`` stage: embeddings (PCA, Harmony, scVI) the VAE variants are compared with.
 
 A baseline is written like a trained variant: an h5ad with the embedding in
 ``obsm["X_scvae"]``, so that :func:`scvae.cluster.run_cluster` and the comparison treat it
-the same way. Baseline variants are named ``f"{method}{n_components}"`` (``pca10``,
-``pca50``) or just ``"scvi"`` (default ``n_latent``); see :func:`baseline_variant` and
-:func:`parse_baseline_variant`.
+the same way. Run names (``pca<N>``, ``harmony``, ``scvi``, ``scvi_e<N>``) and which
+runs a dataset gets are in :mod:`scvae.baseline_names`.
 
 Baseline h5ad contract (written by :func:`run_baseline`)
 --------------------------------------------------------
@@ -12,17 +11,29 @@ Baseline h5ad contract (written by :func:`run_baseline`)
   ``uns`` sections), except ``obsm["X_scvae"]``, ``obsm["X_scvae_scale"]`` and
   ``uns["scvae"]["train"]``, which are dropped if present so that nothing is mistaken
   for a trained model's output.
-- ``uns["scvae"]["baseline"]``: ``method`` (str), ``n_components`` (int), ``seed``
-  (int), ``status`` (``"ok"`` or ``"unavailable"``) and, for PCA, ``target_sum``
-  (float); for scVI, ``gene_likelihood`` (str) and ``max_epochs`` (int, only when
-  given).
+- ``uns["scvae"]["baseline"]``: ``method`` (str), ``n_components`` (int, the embedding's
+  dimension; absent only for an unavailable scVI asked for no particular size),
+  ``seed`` (int), ``status`` (``"ok"`` or ``"unavailable"``) and:
+
+  - PCA and Harmony: ``target_sum`` (float, of the normalization before the PCA);
+  - Harmony: ``batch_keys`` (list of str: ``"batch"`` and the covariate columns, the
+    variables Harmony corrects);
+  - scVI: ``n_latent`` (int), ``gene_likelihood`` (str), ``max_epochs`` (int, the
+    epochs run; when scvi-tools is missing, only when asked for), ``batch_key`` (str,
+    only when the data have batches) and ``covariate_keys`` (list of str, only when
+    there are covariates).
+
 - Available (``status == "ok"``): ``obsm["X_scvae"]`` (cells x ``n_components``,
   float32) and ``uns["scvae"]["baseline"]["seconds"]`` (float, wall time of the
   embedding). There is never an ``obsm["X_scvae_scale"]``.
-- Unavailable (scvi-tools missing): no ``obsm["X_scvae"]`` and
+- Unavailable (scvi-tools or harmonypy missing): no ``obsm["X_scvae"]`` and
   ``uns["scvae"]["baseline"]["unavailable"]`` = the reason (str). The key's presence is
   the test; :func:`scvae.cluster.run_cluster` passes such a file through and writes a
   metrics JSON with ``status: "unavailable"``.
+
+The batch and covariates come from the preprocessing record:
+``uns["scvae"]["preprocess"]["batch_key"]`` (the column, ``"batch"``, or absent/None
+without batches) and ``uns["scvae"]["preprocess"]["covariate_keys"]``.
 """
 
 from __future__ import annotations
@@ -30,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 
 import anndata as ad
@@ -39,14 +49,16 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
+from scvae.baseline_names import BASELINE_METHODS, HARMONY_N_COMPONENTS, baseline_name
 from scvae.data.h5ad import read_h5ad, write_h5ad
 from scvae.errors import InputError
 
 __all__ = [
-    "BASELINE_METHODS",
     "BaselineUnavailable",
-    "baseline_variant",
-    "parse_baseline_variant",
+    "batch_columns",
+    "harmony_embedding",
+    "median_library_size",
+    "parse_target_sum",
     "pca_embedding",
     "run_baseline",
     "scvi_embedding",
@@ -54,49 +66,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BASELINE_METHODS = ("pca", "scvi")
-
 
 class BaselineUnavailable(ImportError):
     """A baseline cannot run here because an optional dependency is missing."""
-
-
-def baseline_variant(method: str, n_components: int) -> str:
-    """Name of a baseline variant, e.g. ``("pca", 10) -> "pca10"``.
-
-    Parameters
-    ----------
-    method
-        One of :data:`BASELINE_METHODS`.
-    n_components
-        Embedding dimension.
-
-    Returns
-    -------
-    str
-        The variant name.
-    """
-    return f"{method}{int(n_components)}"
-
-
-def parse_baseline_variant(name: str) -> tuple[str, int | None] | None:
-    """Inverse of :func:`baseline_variant`; ``None`` for a non-baseline name.
-
-    Parameters
-    ----------
-    name
-        A variant name such as ``"pca50"``, ``"scvi"`` or ``"beta_vae"``.
-
-    Returns
-    -------
-    tuple of (str, int or None) or None
-        ``(method, n_components)``; ``n_components`` is None when the name has no
-        number (the pipeline's ``"scvi"`` uses the default ``n_latent``).
-    """
-    m = re.fullmatch(rf"({'|'.join(BASELINE_METHODS)})(\d*)", name)
-    if m is None:
-        return None
-    return m.group(1), int(m.group(2)) if m.group(2) else None
 
 
 def _counts(adata: ad.AnnData) -> sp.csr_matrix | np.ndarray:
@@ -193,38 +165,166 @@ def pca_embedding(
     return np.asarray(work.obsm["X_pca"], dtype=np.float32)
 
 
+def batch_columns(adata: ad.AnnData) -> tuple[str | None, list[str]]:
+    """The batch column and the covariate columns that preprocessing recorded.
+
+    Parameters
+    ----------
+    adata
+        A preprocessed h5ad's data: ``uns["scvae"]["preprocess"]`` holds ``batch_key``
+        (absent or None without batches) and ``covariate_keys``.
+
+    Returns
+    -------
+    tuple of (str or None, list of str)
+        The batch column (None without batches) and the covariate columns.
+
+    Raises
+    ------
+    InputError
+        When a recorded column is not in ``adata.obs``.
+    """
+    record = adata.uns.get("scvae", {}).get("preprocess", {})
+    batch_key = record.get("batch_key")
+    # None, absent or "" (also NaN, as strict-JSON round trips write it): no batches.
+    batch_key = batch_key if isinstance(batch_key, str) and batch_key else None
+    covariates = [
+        str(k) for k in np.atleast_1d(record.get("covariate_keys", [])) if isinstance(k, str) and k
+    ]
+    missing = [k for k in [batch_key, *covariates] if k is not None and k not in adata.obs]
+    if missing:
+        raise InputError(
+            f"uns['scvae']['preprocess'] names obs columns {missing} that are not in obs "
+            f"(columns: {list(adata.obs.columns)}); rerun the preprocessing"
+        )
+    return batch_key, covariates
+
+
+def _categorical_obs(adata: ad.AnnData, keys: list[str]) -> pd.DataFrame:
+    """``obs[keys]`` as string categoricals (a new frame on the same cell names)."""
+    return pd.DataFrame(
+        {k: pd.Categorical(adata.obs[k].astype(str)) for k in keys}, index=adata.obs_names.copy()
+    )
+
+
+def harmony_embedding(
+    adata: ad.AnnData,
+    *,
+    batch_keys: list[str],
+    n_components: int = HARMONY_N_COMPONENTS,
+    target_sum: float | None = None,
+    seed: int = 0,
+    n_threads: int = 0,
+) -> np.ndarray:
+    """Harmony (Korsunsky et al. 2019) on the unintegrated PCA, the standard linear baseline.
+
+    The PCA is :func:`pca_embedding` (the ``pca<N>`` baselines' normalization and PCA);
+    :func:`harmonypy.run_harmony` then corrects it for the ``batch_keys`` columns of
+    ``adata.obs`` with harmonypy's defaults (theta 2, ``min(cells / 30, 100)``
+    clusters, at most 10 rounds), as scanpy's ``harmony_integrate`` does.
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts and the ``batch_keys`` columns; not modified.
+    batch_keys
+        obs columns Harmony corrects (the batch, then any covariates).
+    n_components
+        Principal components to correct.
+    target_sum
+        Library size after normalization; ``None``: the median (see
+        :func:`pca_embedding`).
+    seed
+        Seed of the PCA and of Harmony's k-means initialization (``random_state``).
+    n_threads
+        Harmony's threads (0: one per physical core); the result does not depend on it.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cells x ``n_components``, float32.
+
+    Raises
+    ------
+    BaselineUnavailable
+        When harmonypy is not installed.
+    InputError
+        When ``batch_keys`` is empty or names a missing column.
+    """
+    try:
+        import harmonypy  # imported only when this baseline runs
+    except ImportError as err:
+        raise BaselineUnavailable(
+            f"harmonypy is not installed ({err}); `pip install harmonypy` to run the "
+            "Harmony baseline"
+        ) from err
+    if not batch_keys:
+        raise InputError("Harmony needs a batch column; the data have no batches")
+    missing = [k for k in batch_keys if k not in adata.obs]
+    if missing:
+        raise InputError(f"no obs column {missing} (columns: {list(adata.obs.columns)})")
+    pcs = pca_embedding(adata, n_components=n_components, target_sum=target_sum, seed=seed)
+    meta = _categorical_obs(adata, list(batch_keys))
+    fit = harmonypy.run_harmony(
+        pcs.astype(np.float64),
+        meta,
+        list(batch_keys),
+        random_state=seed,
+        verbose=False,
+        ncores=n_threads,
+    )
+    z = np.asarray(fit.Z_corr)
+    # harmonypy < 2 returned components x cells.
+    if z.shape[0] != adata.n_obs:
+        z = z.T
+    return z.astype(np.float32)
+
+
 def scvi_embedding(
     adata: ad.AnnData,
     *,
-    n_latent: int = 10,
+    batch_key: str | None = None,
+    covariate_keys: list[str] | tuple[str, ...] = (),
+    n_latent: int | None = None,
     max_epochs: int | None = None,
     seed: int = 0,
-) -> np.ndarray:
+    n_threads: int = 0,
+) -> tuple[np.ndarray, dict]:
     """Embed cells with scVI latent means, the standard deep-generative baseline.
 
-    :class:`scvi.model.SCVI` with its defaults except ``gene_likelihood="nb"``
-    (scVI's default is ``"zinb"``; NB matches the reference numbers and the VAE
-    variants here), trained on the raw counts (``layers["counts"]``, else ``X``) with
-    ``max_epochs`` (``None``: scVI's own rule, about ``min(400, 20000 * 400 /
-    n_cells)``). Returns :meth:`~scvi.model.SCVI.get_latent_representation`
-    (posterior means). Setting ``scvi.settings.seed`` seeds scvi-tools' global
-    torch/numpy/random state, as scvi-tools always does.
+    :class:`scvi.model.SCVI` with scvi-tools' own defaults (ZINB likelihood,
+    ``n_latent`` 10, gene dispersion, one hidden layer of 128, 90% of the cells for
+    training), trained on the raw counts (``layers["counts"]``, else ``X``) with
+    ``max_epochs`` (``None``: scvi-tools' rule, ``min(400, 20000 * 400 / n_cells)``);
+    the batch and covariates enter through ``setup_anndata(batch_key=...,
+    categorical_covariate_keys=...)``. Returns
+    :meth:`~scvi.model.SCVI.get_latent_representation` (posterior means). Setting
+    ``scvi.settings.seed`` seeds scvi-tools' global torch/numpy/random state, as
+    scvi-tools always does.
 
     Parameters
     ----------
     adata
         Cells with raw counts; not modified.
+    batch_key
+        obs column of the batch (None: no batch).
+    covariate_keys
+        obs columns of categorical covariates.
     n_latent
-        Latent dimension.
+        Latent dimension (None: scvi-tools' default).
     max_epochs
-        Training epochs; ``None`` for scVI's default.
+        Training epochs (None: scvi-tools' default).
     seed
         scvi-tools seed.
+    n_threads
+        torch threads (0: torch's default).
 
     Returns
     -------
-    numpy.ndarray
-        Cells x ``n_latent``, float32.
+    tuple of (numpy.ndarray, dict)
+        Cells x ``n_latent`` float32, and the settings used: ``n_latent``,
+        ``gene_likelihood``, ``max_epochs`` (the epochs run), ``batch_key`` (when
+        given) and ``covariate_keys`` (when any).
 
     Raises
     ------
@@ -239,16 +339,29 @@ def scvi_embedding(
             "`pip install 'scvae[scvi]'` to run the scVI baseline"
         ) from err
     scvi.settings.seed = seed
-    counts = _counts(adata)
+    if n_threads > 0:
+        scvi.settings.num_threads = n_threads
+    keys = [k for k in [batch_key, *covariate_keys] if k]
     work = ad.AnnData(
-        X=sp.csr_matrix(counts, dtype=np.float32, copy=True),
-        obs=pd.DataFrame(index=adata.obs_names.copy()),
+        X=sp.csr_matrix(_counts(adata), dtype=np.float32, copy=True),
+        obs=_categorical_obs(adata, keys),
         var=pd.DataFrame(index=adata.var_names.copy()),
     )
-    scvi.model.SCVI.setup_anndata(work)
-    model = scvi.model.SCVI(work, n_latent=n_latent, gene_likelihood="nb")
-    model.train(max_epochs=max_epochs)
-    return np.asarray(model.get_latent_representation(), dtype=np.float32)
+    scvi.model.SCVI.setup_anndata(
+        work, batch_key=batch_key, categorical_covariate_keys=list(covariate_keys) or None
+    )
+    model = scvi.model.SCVI(work, **({} if n_latent is None else {"n_latent": n_latent}))
+    model.train(max_epochs=max_epochs, enable_progress_bar=False)
+    settings: dict = {
+        "n_latent": int(model.module.n_latent),
+        "gene_likelihood": str(model.module.gene_likelihood),
+        "max_epochs": len(model.history["elbo_train"]),
+    }
+    if batch_key:
+        settings["batch_key"] = batch_key
+    if covariate_keys:
+        settings["covariate_keys"] = list(covariate_keys)
+    return np.asarray(model.get_latent_representation(), dtype=np.float32), settings
 
 
 def _baseline_output(adata: ad.AnnData) -> ad.AnnData:
@@ -260,20 +373,75 @@ def _baseline_output(adata: ad.AnnData) -> ad.AnnData:
     return out
 
 
+def _embed(
+    adata: ad.AnnData,
+    record: dict,
+    *,
+    n_components: int | None,
+    max_epochs: int | None,
+    target_sum: float | None,
+    n_threads: int,
+) -> np.ndarray:
+    """The embedding of ``record["method"]``; adds the settings used to ``record``."""
+    method, seed = record["method"], record["seed"]
+    batch_key, covariates = batch_columns(adata)
+    if method in ("pca", "harmony"):
+        record["target_sum"] = median_library_size(adata) if target_sum is None else target_sum
+    if method == "pca":
+        if n_components is None:
+            raise InputError("a pca baseline needs n_components")
+        record["n_components"] = int(n_components)
+        return pca_embedding(
+            adata, n_components=n_components, target_sum=record["target_sum"], seed=seed
+        )
+    if method == "harmony":
+        if batch_key is None:
+            raise InputError(
+                "Harmony needs batches, and uns['scvae']['preprocess'] has no batch_key "
+                "(set batch_key or samples for the dataset)"
+            )
+        record["n_components"] = int(n_components or HARMONY_N_COMPONENTS)
+        record["batch_keys"] = [batch_key, *covariates]
+        return harmony_embedding(
+            adata,
+            batch_keys=record["batch_keys"],
+            n_components=record["n_components"],
+            target_sum=record["target_sum"],
+            seed=seed,
+            n_threads=n_threads,
+        )
+    if max_epochs is not None:
+        record["max_epochs"] = int(max_epochs)
+    emb, settings = scvi_embedding(
+        adata,
+        batch_key=batch_key,
+        covariate_keys=covariates,
+        n_latent=n_components,
+        max_epochs=max_epochs,
+        seed=seed,
+        n_threads=n_threads,
+    )
+    record.update(settings, n_components=settings["n_latent"])
+    return emb
+
+
 def run_baseline(
     input_h5ad: str | os.PathLike,
     output_h5ad: str | os.PathLike,
     *,
     method: str,
-    n_components: int,
+    n_components: int | None = None,
     seed: int = 0,
     max_epochs: int | None = None,
     target_sum: float | None = None,
+    n_threads: int = 0,
 ) -> dict:
     """Compute a baseline embedding of an h5ad and write it like a trained variant.
 
-    See the module docstring for the output contract. An unavailable scVI (no
-    scvi-tools) is not an error: the h5ad is written without an embedding and with
+    See the module docstring for the output contract. Harmony and scVI use the batch
+    and covariates of ``uns["scvae"]["preprocess"]`` (:func:`batch_columns`). A
+    baseline whose library is missing (scvi-tools, harmonypy) is not an error: the
+    h5ad is written without an embedding and with
     ``uns["scvae"]["baseline"]["unavailable"]`` set to the reason, and a warning is
     logged.
 
@@ -284,52 +452,61 @@ def run_baseline(
     output_h5ad
         Where to write the baseline h5ad.
     method
-        ``"pca"`` or ``"scvi"``.
+        ``"pca"``, ``"harmony"`` or ``"scvi"``.
     n_components
-        Embedding dimension (PCA components or scVI ``n_latent``).
+        Embedding dimension: PCA components (required for ``"pca"``), Harmony's PCA
+        components (None:
+        :data:`scvae.baseline_names.HARMONY_N_COMPONENTS`) or scVI's ``n_latent`` (None:
+        scvi-tools' default).
     seed
         Seed for the method.
     max_epochs
-        scVI only: training epochs (``None``: scVI's default).
+        scVI only: training epochs (``None``: scvi-tools' default).
     target_sum
-        PCA only: counts per cell after normalization (``None``: the median library
-        size, see :func:`pca_embedding`).
+        PCA and Harmony: counts per cell after normalization (``None``: the median
+        library size, see :func:`pca_embedding`).
+    n_threads
+        Harmony and scVI: threads (0: the library's default).
 
     Returns
     -------
     dict
         The ``uns["scvae"]["baseline"]`` record written.
+
+    Raises
+    ------
+    InputError
+        For an unknown method, unusable input, or Harmony on data without batches; the
+        message names the input file.
     """
     if method not in BASELINE_METHODS:
         raise InputError(f"unknown baseline method {method!r}; choose one of {BASELINE_METHODS}")
     adata = read_h5ad(input_h5ad)
     out = _baseline_output(adata)
-    record: dict = {
-        "method": method,
-        "n_components": int(n_components),
-        "seed": int(seed),
-        "status": "ok",
-    }
+    record: dict = {"method": method, "seed": int(seed), "status": "ok"}
+    if n_components is not None:
+        record["n_components"] = int(n_components)
+    name = (
+        method
+        if method == "pca" and n_components is None
+        else baseline_name(method, n_components, max_epochs)
+    )
     start = time.perf_counter()
     try:
-        if method == "pca":
-            record["target_sum"] = (
-                median_library_size(adata) if target_sum is None else float(target_sum)
-            )
-            emb = pca_embedding(
-                adata, n_components=n_components, target_sum=record["target_sum"], seed=seed
-            )
-        else:
-            record["gene_likelihood"] = "nb"
-            if max_epochs is not None:
-                record["max_epochs"] = int(max_epochs)
-            emb = scvi_embedding(adata, n_latent=n_components, max_epochs=max_epochs, seed=seed)
+        emb = _embed(
+            adata,
+            record,
+            n_components=n_components,
+            max_epochs=max_epochs,
+            target_sum=target_sum,
+            n_threads=n_threads,
+        )
     except InputError as err:
         raise InputError(f"{input_h5ad}: {err}") from err
     except BaselineUnavailable as err:
         record["status"] = "unavailable"
         record["unavailable"] = str(err)
-        logger.warning("%s baseline unavailable: %s", baseline_variant(method, n_components), err)
+        logger.warning("%s baseline unavailable: %s", name, err)
     else:
         record["seconds"] = float(time.perf_counter() - start)
         out.obsm["X_scvae"] = emb
@@ -339,7 +516,7 @@ def run_baseline(
     logger.info(
         "wrote %s: %s%s, uns['scvae']['baseline']",
         output_h5ad,
-        baseline_variant(method, n_components),
+        name,
         " in obsm['X_scvae']" if "X_scvae" in out.obsm else " (unavailable, no embedding)",
     )
     return record

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from scvae.baseline_names import BASELINE_METHODS, HARMONY_N_COMPONENTS
 from scvae.errors import InputError, TrainingError
 
 log = logging.getLogger("scvae")
@@ -34,6 +35,27 @@ def _json_arg(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def _samples_arg(values: list[str]) -> dict[str, str]:
+    """``--samples``: NAME=PATH words, or one JSON object of name -> path."""
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        try:
+            samples = json.loads(values[0])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--samples: not valid JSON: {err}") from None
+        if not isinstance(samples, dict) or not all(isinstance(v, str) for v in samples.values()):
+            raise ValueError("--samples: expected a JSON object of sample name -> path")
+        return samples
+    samples = {}
+    for word in values:
+        name, sep, path = word.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--samples: {word!r} is not NAME=PATH")
+        if name in samples:
+            raise ValueError(f"--samples: sample {name!r} is given twice")
+        samples[name] = path
+    return samples
 
 
 def _target_sum_arg(text: str) -> float | None:
@@ -67,6 +89,9 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
         args.input,
         args.output,
         args.qc_plot,
+        samples=None if args.samples is None else _samples_arg(args.samples),
+        batch_key=args.batch_key,
+        covariates=args.covariates,
         format=args.format,
         label_key=args.label_key,
         layer=args.layer,
@@ -114,7 +139,9 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
         method=args.method,
         n_components=args.n_components,
         seed=args.seed,
+        max_epochs=args.max_epochs,
         target_sum=args.target_sum,
+        n_threads=args.threads,
     )
 
 
@@ -177,13 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("preprocess", help="read counts, QC-filter, select genes")
-    p.add_argument("--input", required=True, help="counts file or 10x folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="counts file or 10x folder")
+    source.add_argument(
+        "--samples",
+        nargs="+",
+        metavar="NAME=PATH",
+        help="one file per sample (the sample name is the batch), or one JSON object",
+    )
     p.add_argument("--output", required=True, help="preprocessed .h5ad")
     p.add_argument("--qc-plot", required=True, help="QC figure (.png)")
     p.add_argument("--format", default=None, help="input format (detected when omitted)")
     p.add_argument("--label-key", default=None, help="obs column holding cell-type labels")
     p.add_argument("--layer", default=None, help="h5ad/loom layer holding the counts")
     p.add_argument("--transpose", action="store_true", help="text input is genes x cells")
+    p.add_argument("--batch-key", default=None, help="obs column holding each cell's batch")
+    p.add_argument(
+        "--covariates", nargs="+", default=[], metavar="COLUMN", help="categorical obs columns"
+    )
     p.add_argument("--params", type=_json_arg, default={}, help="filter settings as JSON")
     p.set_defaults(func=_cmd_preprocess)
 
@@ -206,17 +244,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=_cmd_diagnose)
 
-    p = sub.add_parser("baseline", help="baseline embedding (pca, scvi)")
+    p = sub.add_parser("baseline", help="baseline embedding (pca, harmony, scvi)")
     p.add_argument("--input", required=True, help="preprocessed .h5ad")
     p.add_argument("--output", required=True, help="latent.h5ad with obsm['X_scvae']")
-    p.add_argument("--method", required=True, choices=["pca", "scvi"])
-    p.add_argument("--n-components", type=int, default=10)
+    p.add_argument("--method", required=True, choices=BASELINE_METHODS)
+    p.add_argument(
+        "--n-components",
+        type=int,
+        default=None,
+        help="pca: components (required); harmony: PCA components (default "
+        f"{HARMONY_N_COMPONENTS}); "
+        "scvi: n_latent (default: scvi-tools')",
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-epochs", type=int, default=None, help="scvi: epochs (default: scvi-tools' rule)"
+    )
     p.add_argument(
         "--target-sum",
         type=_target_sum_arg,
         default=None,
-        help="PCA: counts per cell after normalize_total, or 'median' (the default)",
+        help="pca, harmony: counts per cell after normalize_total, or 'median' (the default)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="harmony, scvi: threads (0: the library's default)"
     )
     p.set_defaults(func=_cmd_baseline)
 

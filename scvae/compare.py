@@ -17,9 +17,18 @@ either as a pipeline run folder (:func:`record_from_run_dir`) or as a record map
 is one, else from the summary that :func:`scvae.cluster.run_cluster` copies into the metrics
 JSON. :func:`run_compare` also draws the comparison figures (:func:`write_figures`).
 
+For data with batches the metrics JSON also holds the scIB metrics
+(:func:`scvae.integration.integration_scores`); their columns (:data:`SCIB_COLUMNS`, the
+``scib_*`` ones that some run has) follow :data:`EXTRA_COLUMNS` in the per-run table, and
+their means and standard deviations over seeds are in the summary.
+
 Ranking score (column ``score``)
 --------------------------------
-With labels, ``score = (kmeans_ari + kmeans_nmi) / 2``: KMeans with k = number of
+For a dataset with batches whose runs have ``scib_total`` (the scIB total of
+bio conservation and batch correction, 0.6/0.4), ``score = scib_total``: a batch-aware
+embedding has to keep the cell types apart and mix the batches, and KMeans agreement
+alone rewards an embedding that keeps the batches apart too. Otherwise, with labels,
+``score = (kmeans_ari + kmeans_nmi) / 2``: KMeans with k = number of
 labels is free of the Leiden resolution choice, so variants are compared at equal
 cluster counts. Without labels, ``score = silhouette`` of the primary Leiden
 clustering on the embedding (raw, in [-1, 1]); it is a weak criterion across
@@ -49,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from scvae.errors import InputError
+from scvae.integration import SCIB_COLUMNS, scib_key
 from scvae.utils.atomic import atomic_path
 
 __all__ = [
@@ -56,6 +66,8 @@ __all__ = [
     "EXTRA_COLUMNS",
     "FIGURES",
     "METRIC_COLUMNS",
+    "SCIB_COLUMNS",
+    "SCIB_FIGURE",
     "collect",
     "collect_kl_per_dim",
     "make_records",
@@ -198,12 +210,24 @@ def _row(record: Mapping) -> dict:
     }
     row.update({k: _num(diag.get(k)) for k in _DIAG_NUMERIC})
     row.update({k: _num(metrics.get(k)) for k in _CLUSTER_METRICS})
+    row.update({k: _num(metrics[k]) for k in SCIB_COLUMNS if k in metrics})
     return row
 
 
 def _score(df: pd.DataFrame) -> pd.Series:
     labelled = (df["kmeans_ari"] + df["kmeans_nmi"]) / 2
-    return labelled.where(labelled.notna(), df["silhouette"])
+    score = labelled.where(labelled.notna(), df["silhouette"])
+    total = scib_key("total")
+    if total not in df:
+        return score
+    # Per dataset, so that one dataset's runs are all ranked on the same scale.
+    scib_dataset = df.groupby("dataset", sort=False)[total].transform(lambda s: s.notna().any())
+    return df[total].where(scib_dataset, score)
+
+
+def _scib_columns(df: pd.DataFrame) -> list[str]:
+    """The :data:`SCIB_COLUMNS` that some row of ``df`` has a value for, in order."""
+    return [c for c in SCIB_COLUMNS if c in df and df[c].notna().any()]
 
 
 def _collapsed(df: pd.DataFrame) -> pd.Series:
@@ -224,19 +248,22 @@ def collect(run_records: Sequence[Mapping]) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        :data:`COLUMNS` then :data:`EXTRA_COLUMNS`; NaN (``""`` for ``verdict``)
+        :data:`COLUMNS`, :data:`EXTRA_COLUMNS`, then the :data:`SCIB_COLUMNS` that
+        some run has (none for data without batches); NaN (``""`` for ``verdict``)
         wherever an input lacks the value. Baselines have ``kind == "baseline"`` and
         empty diagnostics; ``n_latent``, ``train_seconds`` and ``epochs`` come from
         the baseline record for them.
     """
     rows = [_row(r) for r in run_records]
-    df = pd.DataFrame(
-        rows, columns=[c for c in COLUMNS + EXTRA_COLUMNS if c not in {"score", "collapsed"}]
+    df = pd.DataFrame(rows)
+    df = df.reindex(
+        columns=[c for c in COLUMNS + EXTRA_COLUMNS if c not in {"score", "collapsed"}]
+        + _scib_columns(df)
     )
     df["seed"] = df["seed"].astype("Int64")
     df["score"] = _score(df)
     df["collapsed"] = _collapsed(df)
-    return df[COLUMNS + EXTRA_COLUMNS]
+    return df[COLUMNS + EXTRA_COLUMNS + _scib_columns(df)]
 
 
 def collect_kl_per_dim(run_records: Sequence[Mapping], *, sort_dims: bool = True) -> pd.DataFrame:
@@ -316,7 +343,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         One row per (dataset, variant), sorted by dataset then ``rank`` (1 = best):
         ``dataset``, ``variant``, ``rank``, ``kind``, ``n_seeds``, ``n_ok``,
         ``n_collapsed``, ``collapsed``, ``verdicts`` (e.g. ``"collapsed x1, ok x2"``),
-        then ``<m>_mean`` and ``<m>_sd`` for each of :data:`METRIC_COLUMNS`.
+        then ``<m>_mean`` and ``<m>_sd`` for each of :data:`METRIC_COLUMNS` and of the
+        scIB columns of ``df``.
     """
     groups = df.groupby(["dataset", "variant"], sort=False, dropna=False)
     base = groups.agg(
@@ -328,12 +356,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     )
     base["n_collapsed"] = base["n_collapsed"].astype(int)
     base["collapsed"] = base["n_collapsed"] > base["n_seeds"] / 2
-    numeric = df[["dataset", "variant", *METRIC_COLUMNS]].copy()
-    numeric[METRIC_COLUMNS] = numeric[METRIC_COLUMNS].astype(float)
-    stats = numeric.groupby(["dataset", "variant"], sort=False, dropna=False)[METRIC_COLUMNS]
+    columns = METRIC_COLUMNS + _scib_columns(df)
+    numeric = df[["dataset", "variant", *columns]].copy()
+    numeric[columns] = numeric[columns].astype(float)
+    stats = numeric.groupby(["dataset", "variant"], sort=False, dropna=False)[columns]
     mean, sd = stats.mean(), stats.std(ddof=1)
     pairs = {}
-    for m in METRIC_COLUMNS:
+    for m in columns:
         pairs[f"{m}_mean"], pairs[f"{m}_sd"] = mean[m], sd[m]
     out = base.join(pd.DataFrame(pairs)).reset_index()
 
@@ -438,12 +467,25 @@ def record_from_run_dir(run_dir: str | os.PathLike) -> dict:
     return record
 
 
+_BATCH_KEY = "uns/scvae/preprocess/batch_key"
+_SCIB_BATCH = f"uns/scvae/cluster/metrics/{scib_key('batch')}"
+
+
 def _umap_view(path: str | os.PathLike) -> ad.AnnData:
-    """``obs`` and ``obsm["X_umap"]`` of an h5ad, without loading the counts."""
+    """``obs`` and ``obsm["X_umap"]`` of an h5ad, without loading the counts.
+
+    Also the batch column (``uns["scvae"]["preprocess"]["batch_key"]``) and the scIB
+    batch-correction score, where the file has them, in the same places of ``uns``.
+    """
     with h5py.File(path, "r") as f:
         obs = ad.io.read_elem(f["obs"])
         obsm = {"X_umap": ad.io.read_elem(f["obsm/X_umap"])} if "obsm/X_umap" in f else {}
-    return ad.AnnData(obs=obs, obsm=obsm)
+        uns: dict[str, Any] = {}
+        if _BATCH_KEY in f:
+            uns["preprocess"] = {"batch_key": str(ad.io.read_elem(f[_BATCH_KEY]))}
+        if _SCIB_BATCH in f:
+            uns["cluster"] = {"metrics": {scib_key("batch"): ad.io.read_elem(f[_SCIB_BATCH])}}
+    return ad.AnnData(obs=obs, obsm=obsm, uns={"scvae": uns})
 
 
 def _history(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
@@ -452,6 +494,8 @@ def _history(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
 
 #: File names of the comparison figures in ``figure_dir``.
 FIGURES = ("kl_heatmap", "mi_au", "scores", "umap_grid", "training_curves")
+#: File name of the scIB table, drawn for datasets with scIB metrics only.
+SCIB_FIGURE = "scib_table"
 
 
 def write_figures(
@@ -466,8 +510,10 @@ def write_figures(
 
     Writes ``<name>.png`` for each of :data:`FIGURES`: the KL heatmap (variants x
     dimensions, seeds averaged after sorting), MI and active units, ARI/NMI bars,
-    the UMAP grid (one row per variant, its lowest seed, from ``final``) and the
-    training curves (one line per run with a ``history``).
+    the UMAP grid (one row per variant, its lowest seed, from ``final``; with a batch
+    column for data with batches) and the training curves (one line per run with a
+    ``history``); and, when the runs have scIB metrics, :data:`SCIB_FIGURE` (every
+    run x the scIB metrics and aggregates).
 
     Parameters
     ----------
@@ -502,7 +548,21 @@ def write_figures(
     baselines = set(runs.loc[runs["kind"] == "baseline", "variant"])
     order = [v for v in order if v not in baselines] + [v for v in order if v in baselines]
     adatas = {v: _umap_view(first_final[v]["final"]) for v in order}
-    report.plot_umap_grid(adatas, paths["umap_grid"], label_key=label_key, cluster_key=cluster_key)
+    batch_keys = [
+        a.uns["scvae"]["preprocess"]["batch_key"]
+        for a in adatas.values()
+        if "preprocess" in a.uns["scvae"]
+    ]
+    report.plot_umap_grid(
+        adatas,
+        paths["umap_grid"],
+        label_key=label_key,
+        cluster_key=cluster_key,
+        batch_key=batch_keys[0] if batch_keys else None,
+    )
+    if _scib_columns(runs):
+        paths[SCIB_FIGURE] = out / f"{SCIB_FIGURE}.png"
+        report.plot_scib_table(runs, paths[SCIB_FIGURE])
 
     histories = {
         f"{r.get('variant', '')} s{r.get('seed')}": _history(r["history"])

@@ -24,6 +24,117 @@ from scvae.utils.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 
+def _obs_values(adata: AnnData, key: str, source: str) -> pd.Series:
+    """``adata.obs[key]`` as strings; an error names the columns there are, or the NaNs."""
+    if key not in adata.obs.columns:
+        raise InputError(
+            f"{source}: no obs column {key!r} (the columns are {list(adata.obs.columns)})"
+        )
+    values = adata.obs[key]
+    missing = int(pd.isna(values).sum())
+    if missing:
+        raise InputError(
+            f"{source}: obs column {key!r} has {missing} empty (NaN) value(s) of "
+            f"{len(values)}; give every cell a category"
+        )
+    return values.astype(object).astype(str)
+
+
+def covariate_categories(
+    adata: AnnData, keys: list[str] | tuple[str, ...], *, source: str = "AnnData"
+) -> dict[str, list[str]]:
+    """The categories of each covariate column of ``adata.obs``, sorted, as strings.
+
+    Parameters
+    ----------
+    adata
+        The cells.
+    keys
+        obs columns (the batch first).
+    source
+        What the data came from, for error messages.
+
+    Returns
+    -------
+    dict
+        Column -> its sorted categories; the code of a value is its position there.
+
+    Raises
+    ------
+    InputError
+        When a column is missing (the message lists those there are), repeated, or has
+        empty (NaN) values.
+    """
+    repeated = sorted({k for k in keys if list(keys).count(k) > 1})
+    if repeated:
+        raise InputError(f"{source}: covariate column(s) {repeated} given twice")
+    return {key: sorted(set(_obs_values(adata, key, source))) for key in keys}
+
+
+def covariate_codes(
+    adata: AnnData, categories: dict[str, list[str]], *, source: str = "AnnData"
+) -> np.ndarray | None:
+    """Integer codes of the cells' covariates under known categories.
+
+    Parameters
+    ----------
+    adata
+        The cells.
+    categories
+        Column -> categories (:func:`covariate_categories`); empty: no covariates.
+    source
+        What the data came from, for error messages.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        int64 codes, cells x covariates (columns in the order of ``categories``), or
+        None when there are no covariates.
+
+    Raises
+    ------
+    InputError
+        When a column is missing, has NaN values, or holds categories not in
+        ``categories`` (the message names them).
+    """
+    if not categories:
+        return None
+    codes = np.empty((adata.n_obs, len(categories)), dtype=np.int64)
+    for j, (key, cats) in enumerate(categories.items()):
+        values = _obs_values(adata, key, source)
+        index = pd.Index(cats).get_indexer(values)
+        if (index < 0).any():
+            unknown = sorted(set(values[index < 0]))
+            raise InputError(
+                f"{source}: obs column {key!r} holds categories the model was not trained "
+                f"on: {unknown[:10]}{' ...' if len(unknown) > 10 else ''} (it knows {cats}); "
+                "mapping new batches into a trained model is not supported"
+            )
+        codes[:, j] = index
+    return codes
+
+
+def recorded_covariates(adata: AnnData) -> tuple[str | None, list[str]]:
+    """The batch column and covariate columns the preprocessing stage recorded.
+
+    Parameters
+    ----------
+    adata
+        A preprocessed AnnData (``uns["scvae"]["preprocess"]``).
+
+    Returns
+    -------
+    tuple
+        ``(batch_key, covariate_keys)``: None and ``[]`` when absent.
+    """
+    pre = adata.uns.get("scvae", {}).get("preprocess", {})
+    batch_key = pre.get("batch_key")
+    # An h5ad round trip gives numpy strings and arrays.
+    batch_key = str(batch_key) if batch_key is not None and str(batch_key) else None
+    keys = pre.get("covariate_keys")
+    return batch_key, [str(k) for k in (keys if keys is not None else [])]
+
+
 class SCVAE:
     """A trained count VAE.
 
@@ -43,6 +154,15 @@ class SCVAE:
         Final losses, epochs run, timings.
     split
         ``"train"`` or ``"validation"`` for each training cell, in the training order.
+    batch_key
+        The obs column of the training data's batch (None: none). Kept when the model is
+        not conditioned on it (``condition_on_batch=False``), for the diagnostics.
+    covariate_keys
+        The obs columns of the training data's other covariates.
+    categories
+        Column -> categories of every covariate the model is conditioned on, the batch
+        first (empty for an unconditional model); a cell's codes are the positions of
+        its values there.
     """
 
     def __init__(
@@ -53,6 +173,10 @@ class SCVAE:
         history: pd.DataFrame | None = None,
         summary: dict | None = None,
         split: np.ndarray | None = None,
+        *,
+        batch_key: str | None = None,
+        covariate_keys: tuple[str, ...] | list[str] = (),
+        categories: dict[str, list[str]] | None = None,
     ) -> None:
         self.module = module
         self.train_config = train_config
@@ -60,6 +184,24 @@ class SCVAE:
         self.history = history if history is not None else pd.DataFrame()
         self.summary = summary or {}
         self.split = np.asarray(split if split is not None else [], dtype=object)
+        self.batch_key = batch_key
+        self.covariate_keys = tuple(covariate_keys)
+        self.categories = {k: list(v) for k, v in (categories or {}).items()}
+        n_categories = tuple(len(v) for v in self.categories.values())
+        if n_categories != module.config.n_categories:
+            raise ValueError(
+                f"categories {n_categories} do not match the module's {module.config.n_categories}"
+            )
+
+    def covariate_codes(self, adata: AnnData) -> np.ndarray | None:
+        """Codes of the cells' covariates (cells x covariates), None for an unconditional model.
+
+        Raises
+        ------
+        InputError
+            When a covariate column is missing or holds a category the model does not know.
+        """
+        return covariate_codes(adata, self.categories)
 
     @property
     def device(self) -> torch.device:
@@ -105,9 +247,16 @@ class SCVAE:
         -------
         numpy.ndarray or tuple
             ``(cells, n_latent)`` means, and the standard deviations when asked.
+
+        Raises
+        ------
+        InputError
+            When genes are missing, or (for a conditional model) a covariate column of
+            :attr:`categories` is missing or holds a category the model was not trained on.
         """
         X = self.aligned_counts(adata, layer)
-        loc, scale = encode(self.module, X, batch_size)
+        codes = self.covariate_codes(adata)
+        loc, scale = encode(self.module, X, batch_size, covariates=codes)
         # The module runs in float32 (as it always did here: the counts are float32), and
         # float32 -> float64 -> float32 returns its numbers exactly.
         loc, scale = loc.astype(np.float32), scale.astype(np.float32)
@@ -123,6 +272,9 @@ class SCVAE:
             "history": self.history.to_dict(orient="list"),
             "summary": self.summary,
             "split": self.split.tolist(),
+            "batch_key": self.batch_key,
+            "covariate_keys": list(self.covariate_keys),
+            "categories": self.categories,
         }
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             # Through a Python file object: a full disk is then an OSError (named by
@@ -162,4 +314,7 @@ class SCVAE:
             pd.DataFrame(payload["history"]),
             payload["summary"],
             np.asarray(payload.get("split", []), dtype=object),
+            batch_key=payload.get("batch_key"),
+            covariate_keys=payload.get("covariate_keys", ()),
+            categories=payload.get("categories"),
         )

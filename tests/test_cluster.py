@@ -44,6 +44,8 @@ def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
     assert on_disk["baseline"]["method"] == "pca"
     assert on_disk["cluster"]["resolutions"] == [1.0, 0.5]
     assert on_disk["score"]["has_labels"] is True
+    assert on_disk["scib"] == {}  # no batches: no scIB metrics
+    assert not [k for k in on_disk["metrics"] if k.startswith("scib_")]
     final = ad.read_h5ad(out_h5ad)
     stored = final.uns["scvae"]["cluster"]
     assert dict(stored["metrics"]) == pytest.approx(on_disk["metrics"])
@@ -160,3 +162,100 @@ def test_too_few_cells_for_umap_name_the_file(tmp_path):
     with pytest.raises(InputError, match=rf"^{path}: UMAP needs at least 4 cells, got 3"):
         cluster.run_cluster(path, tmp_path / "final.h5ad", tmp_path / "metrics.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latent.h5ad"]
+
+
+def _batch_latent(path, *, batch_key: str | None = "batch") -> None:
+    """A small latent h5ad with two batches, as the pipeline writes it for batch data."""
+    rng = np.random.default_rng(0)
+    n, genes = 240, 30
+    labels = np.repeat(["a", "b", "c"], n // 3)
+    batches = np.tile(["p1", "p2"], n // 2)
+    centres = rng.normal(0, 5, (3, 6))
+    z = centres[pd.factorize(labels)[0]] + rng.normal(size=(n, 6))
+    z[:, 0] += np.where(batches == "p2", 10.0, 0.0)  # a batch effect left in the latent
+    rates = np.exp(np.clip(z[:, :3] / 4, -3, 3)) @ rng.uniform(0.5, 3, (3, genes))
+    counts = sp.csr_matrix(rng.poisson(rates).astype(np.float32))
+    adata = ad.AnnData(
+        X=counts.copy(),
+        obs=pd.DataFrame(
+            {"label": pd.Categorical(labels), "batch": pd.Categorical(batches)},
+            index=[f"c{i}" for i in range(n)],
+        ),
+    )
+    adata.layers["counts"] = counts
+    adata.obsm["X_scvae"] = z.astype(np.float32)
+    preprocess = {"covariate_keys": []}
+    if batch_key is not None:
+        preprocess["batch_key"] = batch_key
+    adata.uns["scvae"] = {"preprocess": preprocess}
+    adata.write_h5ad(path)
+
+
+def test_run_cluster_adds_scib_metrics_for_data_with_batches(tmp_path, monkeypatch):
+    from scvae.plotting import comparison
+
+    drawn = {}
+    original = comparison.plot_umap_grid
+
+    def spy(*args, **kwargs):
+        fig = original(*args, **kwargs)
+        drawn["titles"] = [ax.get_title() for ax in fig.axes]
+        return fig
+
+    monkeypatch.setattr(comparison, "plot_umap_grid", spy)
+    src = tmp_path / "latent.h5ad"
+    _batch_latent(src)
+    out_json, umap = tmp_path / "metrics.json", tmp_path / "umap.png"
+    record = cluster.run_cluster(src, tmp_path / "final.h5ad", out_json, umap_plot=umap)
+    on_disk = json.loads(out_json.read_text())
+    assert on_disk == record and on_disk["schema_version"] == 2
+    metrics = on_disk["metrics"]
+    for key in ("scib_total", "scib_bio", "scib_batch", "scib_ilisi", "scib_kbet", "scib_clisi"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["scib_total"] == pytest.approx(
+        0.6 * metrics["scib_bio"] + 0.4 * metrics["scib_batch"]
+    )
+    assert "kmeans_ari" in metrics  # the label scores are still there
+    assert on_disk["scib"]["batch_key"] == "batch"
+    assert on_disk["scib"]["n_batches"] == 2
+    final = ad.read_h5ad(tmp_path / "final.h5ad")
+    assert final.uns["scvae"]["cluster"]["metrics"]["scib_total"] == pytest.approx(
+        metrics["scib_total"]
+    )
+    # the run's UMAP: label, batch and clusters side by side
+    assert umap.read_bytes()[:4] == b"\x89PNG"
+    label_title, batch_title, cluster_title = drawn["titles"][:3]
+    assert "cell-type label" in label_title
+    assert "batch (2)" in batch_title and "scIB batch correction" in batch_title
+    assert "Leiden clusters" in cluster_title
+
+    # scib=False skips them
+    record = cluster.run_cluster(src, tmp_path / "f2.h5ad", tmp_path / "m2.json", scib=False)
+    assert not [k for k in record["metrics"] if k.startswith("scib_")]
+    assert record["scib"] == {}
+
+
+def test_run_cluster_without_batches_has_no_scib_metrics(tmp_path):
+    src = tmp_path / "latent.h5ad"
+    _batch_latent(src, batch_key=None)
+    record = cluster.run_cluster(src, tmp_path / "final.h5ad", tmp_path / "metrics.json")
+    assert not [k for k in record["metrics"] if k.startswith("scib_")]
+    assert record["scib"] == {}
+
+
+def test_run_cluster_names_the_file_when_the_batch_column_is_missing(tmp_path):
+    src = tmp_path / "latent.h5ad"
+    _batch_latent(src, batch_key="plate")
+    with pytest.raises(InputError, match=rf"^{src}: obs\['plate'\] not found"):
+        cluster.run_cluster(src, tmp_path / "final.h5ad", tmp_path / "metrics.json")
+
+
+def test_batch_key_of():
+    adata = ad.AnnData(np.zeros((2, 1)))
+    assert cluster.batch_key_of(adata) is None
+    adata.uns["scvae"] = {"preprocess": {"batch_key": None}}
+    assert cluster.batch_key_of(adata) is None
+    adata.uns["scvae"]["preprocess"]["batch_key"] = ""
+    assert cluster.batch_key_of(adata) is None
+    adata.uns["scvae"]["preprocess"]["batch_key"] = np.array("batch")
+    assert cluster.batch_key_of(adata) == "batch"

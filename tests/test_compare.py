@@ -245,3 +245,97 @@ def test_run_compare_from_run_dirs_with_figures_and_notes(tmp_path):
     kl = compare.collect_kl_per_dim([compare.record_from_run_dir(d) for d in dirs])
     assert list(kl.index) == ["beta"]
     assert list(kl.loc["beta"].iloc[:2]) == [2.0, 0.5]
+
+
+def _scib(total: float, bio: float, batch: float) -> dict:
+    return {
+        "scib_total": total,
+        "scib_bio": bio,
+        "scib_batch": batch,
+        "scib_isolated_labels": bio,
+        "scib_kmeans_ari": bio,
+        "scib_ilisi": batch,
+        "scib_kbet": batch,
+    }
+
+
+def _batch_final_h5ad(path, seed: int) -> None:
+    _final_h5ad(path, seed)
+    adata = ad.read_h5ad(path)
+    adata.obs["batch"] = pd.Categorical(np.tile(["p1", "p2"], adata.n_obs // 2))
+    adata.uns["scvae"] = {
+        "preprocess": {"batch_key": "batch"},
+        "cluster": {"metrics": {"scib_batch": 0.4}},
+    }
+    adata.write_h5ad(path)
+
+
+def test_compare_carries_and_ranks_by_scib_metrics(tmp_path):
+    root = tmp_path / "results" / "plates"
+    dirs = []
+    # "keeps_batches" has the better KMeans scores but mixes the batches worse:
+    # a dataset with batches ranks by scib_total instead.
+    runs_spec = [
+        ("keeps_batches", 0, 0.90, _scib(0.55, 0.80, 0.18)),
+        ("keeps_batches", 1, 0.88, _scib(0.57, 0.82, 0.20)),
+        ("integrates", 0, 0.70, _scib(0.75, 0.78, 0.70)),
+        ("integrates", 1, 0.72, _scib(0.77, 0.80, 0.72)),
+        ("pca50", 0, 0.80, _scib(0.67, 0.84, 0.42)),
+    ]
+    for variant, seed, kmeans, scib in runs_spec:
+        d = root / variant / f"seed{seed}"
+        d.mkdir(parents=True)
+        metrics = _metrics(kmeans, kmeans)
+        metrics["metrics"].update(scib)
+        metrics["scib"] = {"batch_key": "batch", "has_labels": True}
+        if variant == "pca50":
+            metrics["baseline"] = {"method": "pca", "n_components": 50}
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        _batch_final_h5ad(d / "final.h5ad", seed)
+        dirs.append(str(d))
+
+    figs = tmp_path / "figures"
+    runs, summary = compare.run_compare(
+        "plates", dirs, tmp_path / "c.tsv", tmp_path / "s.tsv", figure_dir=figs
+    )
+    scib_columns = [
+        "scib_total",
+        "scib_bio",
+        "scib_batch",
+        "scib_isolated_labels",
+        "scib_kmeans_ari",
+        "scib_ilisi",
+        "scib_kbet",
+    ]
+    assert list(runs.columns) == compare.COLUMNS + compare.EXTRA_COLUMNS + scib_columns
+    assert list(runs["score"]) == list(runs["scib_total"])
+    assert list(summary["variant"]) == ["integrates", "pca50", "keeps_batches"]
+    best = summary.iloc[0]
+    assert best["scib_total_mean"] == pytest.approx(0.76)
+    assert best["scib_total_sd"] == pytest.approx(np.std([0.75, 0.77], ddof=1))
+    assert best["scib_bio_mean"] == pytest.approx(0.79)
+    # the TSVs carry them too
+    on_disk = pd.read_csv(tmp_path / "c.tsv", sep="\t")
+    assert on_disk["scib_kbet"].tolist() == pytest.approx(runs["scib_kbet"].tolist())
+    assert "scib_batch_sd" in pd.read_csv(tmp_path / "s.tsv", sep="\t").columns
+    for name in (*compare.FIGURES, compare.SCIB_FIGURE):
+        assert (figs / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_scib_ranking_is_per_dataset(records):
+    # A dataset without scIB metrics keeps the KMeans score even next to one with them.
+    other = [{**r, "dataset": "b"} for r in records[:1]]  # one run of a dataset with batches
+    other[0]["metrics"] = _metrics(0.1, 0.1)
+    other[0]["metrics"]["metrics"].update(_scib(0.9, 0.9, 0.9))
+    df = compare.collect([{**r, "dataset": "a"} for r in records] + other)
+    a = df[df["dataset"] == "a"]
+    assert a["score"].tolist() == pytest.approx(
+        ((a["kmeans_ari"] + a["kmeans_nmi"]) / 2).tolist(), nan_ok=True
+    )
+    assert df.loc[df["dataset"] == "b", "score"].tolist() == [0.9]
+
+
+def test_no_scib_table_without_batches(records, tmp_path):
+    figs = tmp_path / "figures"
+    compare.run_compare("toy", records, tmp_path / "c.tsv", tmp_path / "s.tsv", figure_dir=figs)
+    assert not (figs / f"{compare.SCIB_FIGURE}.png").exists()

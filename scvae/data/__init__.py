@@ -1,4 +1,4 @@
-"""Reading counts: formats, input checks, h5ad files, on-disk CSR, loaders, synthetic data."""
+"""Reading counts: formats, checks, batches and samples, h5ad, on-disk CSR, loaders, synthetic."""
 
 from scvae.utils.lazy import lazy_attributes
 
@@ -10,6 +10,8 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "FORMATS": "scvae.data.formats",
         "detect_format": "scvae.data.formats",
         "read_counts": "scvae.data.readers",
+        "read_dataset": "scvae.data.batches",
+        "read_samples": "scvae.data.batches",
         "read_h5ad": "scvae.data.h5ad",
         "write_h5ad": "scvae.data.h5ad",
         "H5CSR": "scvae.data.ondisk",

@@ -22,7 +22,9 @@ class CountBatches:
     """Iterate over minibatches of rows of a CSR count matrix as dense tensors.
 
     Only one batch is ever dense: the full matrix stays sparse (or on disk, for any
-    row-sliceable matrix such as an h5py-backed CSR).
+    row-sliceable matrix such as an h5py-backed CSR). Each batch comes with the integer
+    codes of its cells' covariates (the batch and other categorical covariates of a
+    conditional model), or None when there are none.
 
     Parameters
     ----------
@@ -47,6 +49,9 @@ class CountBatches:
         before being cut into batches. None: every row is shuffled independently.
     window_blocks
         Blocks mixed per window of the block shuffle.
+    covariates
+        Integer codes of every row of ``X`` (cells x covariates, one column per
+        covariate, the batch first), or None.
 
     Notes
     -----
@@ -75,6 +80,7 @@ class CountBatches:
         drop_singleton: bool = True,
         block_size: int | None = None,
         window_blocks: int = WINDOW_BLOCKS,
+        covariates: np.ndarray | None = None,
     ) -> None:
         self.X = X
         self.indices = np.asarray(indices)
@@ -84,6 +90,17 @@ class CountBatches:
         self.drop_singleton = drop_singleton
         self.block_size = None if block_size is None else max(1, int(block_size))
         self.window_blocks = max(1, int(window_blocks))
+        self.covariates = None
+        if covariates is not None:
+            covariates = np.asarray(covariates)
+            if covariates.ndim != 2 or covariates.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"covariates must be a (cells, covariates) array with one row per row of "
+                    f"the counts ({X.shape[0]}), got shape {covariates.shape}"
+                )
+            if not np.issubdtype(covariates.dtype, np.integer) or (covariates < 0).any():
+                raise ValueError("covariates must hold non-negative integer codes")
+            self.covariates = covariates.astype(np.int64, copy=False)
 
     def batches(self, epoch: int = 0) -> list[np.ndarray]:
         """Row indices of each batch of ``epoch``."""
@@ -122,12 +139,24 @@ class CountBatches:
         """Dense float32 tensor of the given rows (sorted increasing)."""
         return self._tensor(self.X[rows], device)
 
-    def epoch(self, epoch: int = 0, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-        """Yield the dense batches of ``epoch``."""
+    def codes(self, rows: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """Covariate codes of the given rows as a LongTensor (rows x covariates), or None."""
+        if self.covariates is None:
+            return None
+        return torch.from_numpy(np.ascontiguousarray(self.covariates[rows])).to(device)
+
+    def epoch(
+        self, epoch: int = 0, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Yield ``(x, codes)`` for each batch of ``epoch``.
+
+        ``x`` is the dense float32 counts (cells x genes), ``codes`` the covariate codes
+        of the same cells (cells x covariates, int64) or None without covariates.
+        """
         batches = self.batches(epoch)
         if not is_ondisk(self.X):
             for rows in batches:
-                yield self.dense(rows, device)
+                yield self.dense(rows, device), self.codes(rows, device)
             return
         # On disk: one read for the rows of a window of batches, then slices in memory.
         window_rows = (self.block_size or BLOCK_SIZE) * self.window_blocks
@@ -137,7 +166,7 @@ class CountBatches:
             rows = np.unique(np.concatenate(group))
             window = sp.csr_matrix(self.X[rows])
             for r in group:
-                yield self._tensor(window[np.searchsorted(rows, r)], device)
+                yield self._tensor(window[np.searchsorted(rows, r)], device), self.codes(r, device)
 
 
 def counts_matrix(adata: AnnData, layer: str | None = "counts") -> sp.csr_matrix:

@@ -35,10 +35,12 @@ from scvae.data.h5ad import read_h5ad
 from scvae.errors import InputError
 
 __all__ = [
+    "column_as_strings",
     "labels_from_column",
     "layers_hint",
     "make_names_unique",
     "read_counts",
+    "require_obs_column",
     "to_csr_float32",
 ]
 
@@ -486,12 +488,55 @@ def labels_from_column(obs: pd.DataFrame, label_key: str, path: Path) -> pd.Cate
     InputError
         If ``label_key`` is not a column of ``obs``.
     """
-    if label_key not in obs.columns:
+    require_obs_column(obs, label_key, path, what="label_key")
+    return column_as_strings(obs[label_key])
+
+
+def require_obs_column(obs: pd.DataFrame, key: str, path: Path | str, *, what: str) -> None:
+    """Raise a clear error, naming the columns there are, when ``key`` is not in ``obs``.
+
+    Parameters
+    ----------
+    obs
+        The input's obs.
+    key
+        The column asked for.
+    path
+        The input file, named in the error.
+    what
+        The setting that named the column (``"label_key"``, ``"batch_key"``, ...).
+
+    Raises
+    ------
+    InputError
+        If ``key`` is not a column of ``obs``.
+    """
+    if key not in obs.columns:
         available = ", ".join(repr(c) for c in obs.columns) or "none"
         raise InputError(
-            f"{path}: label_key {label_key!r} is not an obs column; available columns: {available}."
+            f"{path}: {what} {key!r} is not an obs column; available columns: {available}."
         )
-    values = obs[label_key]
+
+
+def column_as_strings(values: pd.Series) -> pd.Categorical:
+    """An obs column as categorical strings; whole numbers as ``"1"``, not ``"1.0"``.
+
+    Parameters
+    ----------
+    values
+        The column.
+
+    Returns
+    -------
+    pandas.Categorical
+        One string per cell (missing values stay missing), the categories sorted.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        # Convert the categories, not every cell: fast on an atlas's obs.
+        names = np.asarray(column_as_strings(pd.Series(values.cat.categories)), dtype=object)
+        codes = values.cat.codes.to_numpy()
+        strings = np.where(codes >= 0, names[np.maximum(codes, 0)] if names.size else None, None)
+        return pd.Categorical(strings)
     known = values.dropna()
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         numbers = known.to_numpy(dtype=float)

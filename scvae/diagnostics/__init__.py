@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "kl_sensitivity_spearman": "scvae.diagnostics.jacobian",
         "decoder_jacobian": "scvae.diagnostics.jacobian",
         "dispersion_stats": "scvae.diagnostics.dispersion",
+        "batch_in_latent": "scvae.diagnostics.batch",
         "VerdictThresholds": "scvae.diagnostics.verdicts",
         "verdict": "scvae.diagnostics.verdicts",
         "VERDICTS": "scvae.diagnostics.verdicts",

@@ -77,6 +77,7 @@ def decoder_jacobian(
     n_cells: int = 500,
     kl: ArrayLike | None = None,
     generator: torch.Generator | int = 0,
+    covariates: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Jacobian ``J = d log mu / dz`` of the decoder at posterior means.
 
@@ -87,8 +88,9 @@ def decoder_jacobian(
     mode would need one backward pass per gene). ``G = mean_i J_i^T J_i`` summarizes
     how far the decoded expression moves per unit of each latent direction. The
     library size only shifts ``log mu`` and so does not enter ``J``; skip-connection
-    decoders need the counts ``x``. The module is evaluated in evaluation mode, so its
-    BatchNorm layers treat the cells independently.
+    decoders need the counts ``x``, conditional models the covariate codes: each cell's
+    Jacobian is taken at its own covariates. The module is evaluated in evaluation
+    mode, so its BatchNorm layers treat the cells independently.
 
     Parameters
     ----------
@@ -106,6 +108,8 @@ def decoder_jacobian(
         Per-dimension KL; when given, ``kl_sensitivity_spearman`` is added.
     generator
         Source of the cell sample.
+    covariates
+        Covariate codes of the same cells (cells x covariates), for a conditional model.
 
     Returns
     -------
@@ -138,12 +142,15 @@ def decoder_jacobian(
             x_c = _dense_rows(x, r, device)
             if x_c is not None:
                 x_c = x_c.to(dtype)
+            c_c = None
+            if covariates is not None:
+                c_c = torch.as_tensor(np.asarray(covariates)[r], dtype=torch.long, device=device)
             # Forward AD refuses expanded (aliased) inputs: materialize the copies.
             z_rep = z.expand(d, -1, -1).contiguous()
             tangents = basis[:, None, :].expand(d, len(r), d).contiguous()
 
-            def log_mu(zz: torch.Tensor, lib_c=lib_c, x_c=x_c) -> torch.Tensor:
-                return module.generative(zz, lib_c, x_c)["log_mu"]
+            def log_mu(zz: torch.Tensor, lib_c=lib_c, x_c=x_c, c_c=c_c) -> torch.Tensor:
+                return module.generative(zz, lib_c, x_c, c_c)["log_mu"]
 
             with warnings.catch_warnings():
                 # torch's forward AD scripts its decompositions on first use (torch 2.13).

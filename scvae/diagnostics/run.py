@@ -13,7 +13,12 @@ The measures (one module each):
 - :func:`scvae.diagnostics.iwae.iwae_log_likelihood`;
 - :func:`scvae.diagnostics.jacobian.decoder_jacobian`;
 - :func:`scvae.diagnostics.dispersion.dispersion_stats`;
+- :func:`scvae.diagnostics.batch.batch_in_latent` (when the cells have a batch);
 - :func:`scvae.diagnostics.verdicts.verdict`.
+
+A conditional model (one trained with a batch or covariates) is evaluated at each
+cell's own covariates: the encoding, the IWAE and the decoder Jacobian read the codes
+of ``adata.obs``.
 
 Every random draw comes from its own stream derived from ``seed``, so changing one
 measure's settings does not change the draws of another; noise is drawn on the CPU, so
@@ -50,6 +55,12 @@ file. :func:`write_diagnostics` writes strict JSON, where NaN becomes ``null``;
     both blocks.
 ``dispersion``
     :func:`~scvae.diagnostics.dispersion.dispersion_stats` (``{}`` for a Poisson likelihood).
+``batch_in_z``
+    Only at the top level, and only when the cells have a batch:
+    :func:`~scvae.diagnostics.batch.batch_in_latent` on the posterior means of all
+    cells (``accuracy``, ``chance``, ``n_batches``, ...) plus ``batch_key``, for
+    conditional and unconditional models alike; the top-level ``verdict_reason`` then
+    ends with it (the verdict itself does not use it).
 
 The top level is the block of all cells plus ``n_genes``, ``n_latent``,
 ``n_validation_cells``, ``settings`` (the diagnostic settings, the thresholds and the
@@ -71,12 +82,15 @@ import scipy.sparse as sp
 import torch
 
 from scvae.data.ondisk import backed_min_bytes, row_sums, take_rows
+from scvae.diagnostics.batch import batch_in_latent
 from scvae.diagnostics.dispersion import dispersion_stats
 from scvae.diagnostics.iwae import iwae_log_likelihood
 from scvae.diagnostics.jacobian import decoder_jacobian
 from scvae.diagnostics.kl import kl_per_dim, posterior_mean_variance
 from scvae.diagnostics.mi import mutual_information
 from scvae.diagnostics.verdicts import VerdictThresholds, verdict
+from scvae.errors import InputError
+from scvae.model import recorded_covariates
 from scvae.module.encoding import encode
 from scvae.utils.jsonio import read_json, write_json
 
@@ -173,6 +187,7 @@ def _likelihood_measures(
     k_iwae: int,
     batch_size: int,
     seed: int,
+    codes: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The IWAE log-likelihood of the cells ``rows`` and the dispersion: shared by the blocks."""
     iwae = iwae_log_likelihood(
@@ -181,6 +196,7 @@ def _likelihood_measures(
         k=k_iwae,
         batch_size=min(batch_size, 128),
         generator=_stream_seed(seed, _STREAM_IWAE),
+        covariates=None if codes is None else codes[rows],
     )
     return {
         "iwae_ll_per_cell": iwae["iwae_ll_per_cell"],
@@ -208,6 +224,7 @@ def _cell_set_measures(
     thresholds: VerdictThresholds,
     mi_seed: int,
     jac_seed: int,
+    codes: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every per-cell-set measure on the cells ``rows``, and their verdict."""
     loc, scale = loc[rows], scale[rows]
@@ -218,7 +235,14 @@ def _cell_set_measures(
     library = np.asarray(row_sums(X, rows), np.float64)
     x_rows = take_rows(X, rows) if module.config.skip != "none" else None
     jac = decoder_jacobian(
-        module, loc, library, x_rows, n_cells=n_jacobian, kl=kl, generator=jac_seed
+        module,
+        loc,
+        library,
+        x_rows,
+        n_cells=n_jacobian,
+        kl=kl,
+        generator=jac_seed,
+        covariates=None if codes is None else codes[rows],
     )
     label, reason = verdict(
         mi=mi["mi"],
@@ -303,6 +327,7 @@ def diagnose(
     thresholds: VerdictThresholds | Mapping[str, float] | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    batch_key: str | None = None,
 ) -> dict[str, Any]:
     """All collapse diagnostics of a fitted model on the cells of ``adata``.
 
@@ -336,11 +361,21 @@ def diagnose(
         Cells per forward pass.
     seed
         Seed of every random draw; the same seed gives the same numbers.
+    batch_key
+        obs column of the cells' batch for ``batch_in_z`` (None: the model's batch
+        column, else the one the preprocessing recorded in
+        ``uns["scvae"]["preprocess"]``; no ``batch_in_z`` without one).
 
     Returns
     -------
     dict
         Plain Python values, described in the module docstring.
+
+    Raises
+    ------
+    InputError
+        When a conditional model's covariate column is missing from ``adata.obs`` or
+        holds a category the model does not know.
     """
     thresholds = _verdict_thresholds(thresholds)
     module = model.module
@@ -348,7 +383,8 @@ def diagnose(
     n = X.shape[0]
     if n < 2:
         raise ValueError(f"diagnose needs at least 2 cells, got {n}")
-    loc, scale = encode(module, X, batch_size)
+    codes = model.covariate_codes(adata)
+    loc, scale = encode(module, X, batch_size, covariates=codes)
 
     val_rows = _validation_rows(model.split, n)
     iwae_rows = _iwae_rows(val_rows, n, n_iwae, seed)
@@ -360,6 +396,7 @@ def diagnose(
         k_iwae=k_iwae,
         batch_size=batch_size,
         seed=seed,
+        codes=codes,
     )
 
     # Each cell set draws from its own streams; both carry the shared likelihood measures.
@@ -376,6 +413,7 @@ def diagnose(
             thresholds=thresholds,
             mi_seed=_stream_seed(seed, mi_stream),
             jac_seed=_stream_seed(seed, jac_stream),
+            codes=codes,
         )
         block.update(shared)
         return block
@@ -404,7 +442,27 @@ def diagnose(
     )
     if len(val_rows) >= 2:
         out["validation"] = cell_set(val_rows, _STREAM_MI_VAL, _STREAM_JAC_VAL)
+    key = batch_key or model.batch_key or recorded_covariates(adata)[0]
+    if key is not None:
+        if key not in adata.obs.columns:
+            raise InputError(
+                f"no obs column {key!r} holds the batch (the columns are {list(adata.obs.columns)})"
+            )
+        out["batch_in_z"] = {
+            "batch_key": key,
+            **batch_in_latent(loc, adata.obs[key].to_numpy(), seed=seed),
+        }
+        out["verdict_reason"] += _batch_sentence(out["batch_in_z"])
     return _builtin(out)
+
+
+def _batch_sentence(b: Mapping[str, Any]) -> str:
+    """The end of the verdict's reason that says how much batch information z holds."""
+    return (
+        f" The batch ({b['batch_key']!r}, {b['n_batches']} batches) is read from z by a "
+        f"{b['n_neighbors']}-NN classifier with accuracy {b['accuracy']:.3g} "
+        f"(chance {b['chance']:.3g})."
+    )
 
 
 def write_diagnostics(diagnostics: Mapping[str, Any], path: str | os.PathLike) -> None:
@@ -473,7 +531,6 @@ def run_diagnose(
     """
     import anndata
 
-    from scvae.errors import InputError
     from scvae.model import SCVAE
     from scvae.plotting.diagnostics import plot_diagnostics
 
@@ -509,4 +566,7 @@ def run_diagnose(
         v["active_units"],
         v["n_latent"],
     )
+    if "batch_in_z" in v:
+        b = v["batch_in_z"]
+        log.info("batch kNN accuracy from z %.3f (chance %.3f)", b["accuracy"], b["chance"])
     return diagnostics

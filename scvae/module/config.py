@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 LIKELIHOODS = ("nb", "zinb", "poisson")
-DISPERSIONS = ("gene", "gene-cell")
+DISPERSIONS = ("gene", "gene-cell", "gene-batch")
 LIBRARIES = ("observed", "latent")
 SKIPS = ("none", "ungated", "gated")
 ENCODER_INPUTS = ("log1p", "normalized")
+DATA_FIELDS = ("n_input", "n_categories", "n_batch")
+"""Fields of :class:`VAEConfig` set from the data, not by the user."""
 
 
 @dataclass
@@ -19,6 +21,13 @@ class VAEConfig:
     ----------
     n_input
         Number of genes.
+    n_categories
+        Categories of each covariate the model is conditioned on (the batch first when
+        there is one; empty: an unconditional model). Set from the data by
+        :func:`scvae.train`, like ``n_input``.
+    n_batch
+        Categories of the batch (the first covariate); 0 when no covariate is a batch.
+        Set from the data by :func:`scvae.train`.
     n_latent
         Dimension of z.
     n_hidden, n_layers
@@ -32,7 +41,9 @@ class VAEConfig:
     likelihood
         ``"nb"``, ``"zinb"`` or ``"poisson"``.
     dispersion
-        ``"gene"`` (one theta per gene) or ``"gene-cell"`` (a decoder head).
+        ``"gene"`` (one theta per gene), ``"gene-cell"`` (a decoder head) or
+        ``"gene-batch"`` (one theta per gene and batch, as scVI's; without a batch it is
+        ``"gene"``).
     theta
         Fixed inverse dispersion for every gene and cell (0 = learn it). A small value is
         the "noisy decoder": large variance mutes the reconstruction term.
@@ -62,6 +73,14 @@ class VAEConfig:
         BN-VAE (Zhu et al. 2020): batch-normalize the posterior means with this fixed
         scale, which bounds the expected KL per dimension below by ``bn_gamma**2 / 2``.
         0 disables it.
+    condition_on_batch
+        Condition on the batch and the covariates when the data have them (a conditional
+        VAE, as scVI): their one-hot codes enter every decoder layer (per-gene offsets of
+        a linear decoder), and a latent library gets a prior per batch. False trains the
+        unconditional model (the codes are ignored), for comparison.
+    encode_covariates
+        The encoder also sees the covariates (in every layer), as scVI's option of the
+        same name; by default only the decoder does.
     """
 
     n_input: int
@@ -81,8 +100,28 @@ class VAEConfig:
     z_skip: bool = False
     bn_gamma: float = 0.0
     encoder_input: str = "log1p"
+    condition_on_batch: bool = True
+    encode_covariates: bool = False
+    n_categories: tuple[int, ...] = ()
+    n_batch: int = 0
 
     def __post_init__(self) -> None:
+        # A saved or JSON config holds a list.
+        self.n_categories = tuple(int(k) for k in self.n_categories)
+        if any(k < 1 for k in self.n_categories):
+            raise ValueError(
+                f"model setting n_categories must hold counts >= 1, got {self.n_categories}"
+            )
+        if self.n_batch < 0 or (self.n_batch > 0 and self.n_categories[:1] != (self.n_batch,)):
+            raise ValueError(
+                f"model setting n_batch={self.n_batch} must be 0 or the first of "
+                f"n_categories={self.n_categories}"
+            )
+        if self.n_categories and not self.condition_on_batch:
+            raise ValueError(
+                "model setting condition_on_batch=False: the model takes no covariates, "
+                f"but n_categories={self.n_categories}"
+            )
         for name, value, allowed in (
             ("likelihood", self.likelihood, LIKELIHOODS),
             ("dispersion", self.dispersion, DISPERSIONS),
@@ -105,6 +144,13 @@ class VAEConfig:
         if self.theta_init <= 0:
             raise ValueError(f"model setting theta_init must be > 0, got {self.theta_init}")
 
+    @property
+    def n_covariates(self) -> int:
+        """Width of the one-hot covariates: the sum of :attr:`n_categories`."""
+        return sum(self.n_categories)
+
     def to_dict(self) -> dict:
-        """Return the settings as a plain dict."""
-        return asdict(self)
+        """Return the settings as a plain dict (``n_categories`` as a list)."""
+        out = asdict(self)
+        out["n_categories"] = list(self.n_categories)
+        return out

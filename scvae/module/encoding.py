@@ -69,6 +69,7 @@ def encode(
     X: sp.csr_matrix,
     batch_size: int,
     rows: np.ndarray | None = None,
+    covariates: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means and scales (float64) of ``rows`` of ``X``, in evaluation mode.
 
@@ -85,6 +86,9 @@ def encode(
         Rows of ``X`` to encode, in increasing order (None: all rows). The results come
         in this order; unsorted rows come back sorted within each batch of
         :class:`scvae.data.loaders.CountBatches`.
+    covariates
+        Covariate codes of every row of ``X`` (cells x covariates), for a conditional
+        model; None for an unconditional one.
 
     Returns
     -------
@@ -96,8 +100,9 @@ def encode(
     rows = np.arange(X.shape[0]) if rows is None else rows
     locs, scales = [], []
     with eval_mode(module):
-        for x in CountBatches(X, rows, batch_size).epoch(0, device):
-            qz = module.inference(x.to(dtype))["qz"]
+        loader = CountBatches(X, rows, batch_size, covariates=covariates)
+        for x, c in loader.epoch(0, device):
+            qz = module.inference(x.to(dtype), c)["qz"]
             locs.append(qz.loc.double().cpu().numpy())
             scales.append(qz.scale.double().cpu().numpy())
     return np.concatenate(locs), np.concatenate(scales)

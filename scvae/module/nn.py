@@ -48,6 +48,44 @@ class MLP(nn.Sequential):
         self.n_out = width
 
 
+class CovariateMLP(nn.Module):
+    """:class:`MLP` whose every layer also receives the one-hot covariates.
+
+    Layer ``l`` computes ``Dropout(ReLU(BN(W_l [h_{l-1}, c])))``: the covariates enter the
+    first layer and every hidden layer (scVI's ``deeply_inject_covariates``), so depth
+    cannot wash them out.
+
+    Parameters
+    ----------
+    n_in
+        Input width (without the covariates).
+    n_cov
+        Width of the one-hot covariates.
+    n_hidden
+        Width of every hidden layer.
+    n_layers
+        Number of hidden layers (0 gives the identity, which ignores the covariates).
+    dropout
+        Dropout probability after each layer.
+    """
+
+    def __init__(
+        self, n_in: int, n_cov: int, n_hidden: int, n_layers: int, *, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            MLP((n_in if i == 0 else n_hidden) + n_cov, n_hidden, 1, dropout=dropout)
+            for i in range(n_layers)
+        )
+        self.n_out = n_hidden if n_layers > 0 else n_in
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Return the last hidden layer of input ``h`` with covariates ``c`` (same rows)."""
+        for layer in self.layers:
+            h = layer(torch.cat([h, c], -1))
+        return h
+
+
 class ZSkipMLP(nn.Module):
     """Decoder MLP whose every layer also receives its input (Skip-VAE, Dieng et al. 2019).
 

@@ -1,4 +1,4 @@
-"""Comparison figures: KL per dimension, MI and active units, scores, UMAPs, curves.
+"""Comparison figures: KL per dimension, MI and active units, scores, scIB, UMAPs, curves.
 
 Each function draws one PNG and writes it atomically, with the conventions of
 :mod:`scvae.plotting.style` (no pyplot, one DPI).
@@ -21,12 +21,20 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from scvae.integration import (
+    BATCH_METRICS,
+    BIO_METRICS,
+    LABEL_FREE_BATCH_METRICS,
+    SCIB_AGGREGATES,
+    scib_key,
+)
 from scvae.metrics import ari
 from scvae.plotting.style import empty_panel, offsets, palette, save_figure
 
 __all__ = [
     "plot_kl_heatmap",
     "plot_mi_au",
+    "plot_scib_table",
     "plot_scores",
     "plot_training_curves",
     "plot_umap_grid",
@@ -271,14 +279,145 @@ def _score_bars(ax: Axes, df: pd.DataFrame, variants: list[str], metrics: list[s
 
 
 # --------------------------------------------------------------------------------------
+# scIB results table
+# --------------------------------------------------------------------------------------
+
+_SCIB_NAMES = {
+    "total": "Total",
+    "bio": "Bio\nconservation",
+    "batch": "Batch\ncorrection",
+    "isolated_labels": "Isolated\nlabels",
+    "leiden_nmi": "Leiden\nNMI",
+    "leiden_ari": "Leiden\nARI",
+    "kmeans_nmi": "KMeans\nNMI",
+    "kmeans_ari": "KMeans\nARI",
+    "silhouette_label": "Silhouette\nlabel",
+    "clisi": "cLISI",
+    "silhouette_batch": "Silhouette\nbatch",
+    "bras": "BRAS",
+    "ilisi": "iLISI",
+    "kbet": "kBET",
+    "kbet_global": "kBET\n(all cells)",
+    "graph_connectivity": "Graph\nconnectivity",
+    "pcr_comparison": "PCR\ncomparison",
+}
+_SCIB_GROUPS = (
+    ("Aggregate score", SCIB_AGGREGATES),
+    ("Bio conservation", BIO_METRICS),
+    ("Batch correction", tuple(dict.fromkeys(BATCH_METRICS + LABEL_FREE_BATCH_METRICS))),
+)
+
+
+def plot_scib_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """The scIB metrics of every run of a dataset as a table, best ``scib_total`` first.
+
+    One row per run (variant and seed, baselines included), one column per scIB
+    aggregate and metric that some run has, grouped as aggregates, bio conservation
+    and batch correction. Each cell holds the value (unscaled, higher is better) on a
+    colour scaled within its column, so that the best run of each metric stands out;
+    grey where a run has no value.
+
+    Parameters
+    ----------
+    df
+        Per-run table from :func:`scvae.compare.collect` with ``scib_*`` columns.
+    path
+        PNG to write.
+    """
+    groups = [
+        (title, [m for m in names if scib_key(m) in df and df[scib_key(m)].notna().any()])
+        for title, names in _SCIB_GROUPS
+    ]
+    groups = [(title, names) for title, names in groups if names]
+    metrics = [m for _, names in groups for m in names]
+    rows = df
+    if metrics:
+        sort_by = scib_key(metrics[0])
+        rows = df.sort_values(sort_by, ascending=False, na_position="last", kind="stable")
+    fig = Figure(
+        figsize=(max(6.0, 0.95 * len(metrics) + 3.0), max(2.6, 0.36 * len(rows) + 2.0)),
+        layout="constrained",
+    )
+    ax = fig.subplots()
+    if not metrics or rows.empty:
+        empty_panel(ax, "no scIB metrics (the dataset has no batches)")
+        ax.set_title("scIB metrics")
+        save_figure(fig, path)
+        return
+    values = rows[[scib_key(m) for m in metrics]].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+        shade = np.where(hi > lo, (values - lo) / np.where(hi > lo, hi - lo, 1.0), 0.5)
+    cmap = mpl.colormaps["YlGnBu"].with_extremes(bad="0.85")
+    ax.imshow(
+        np.ma.masked_invalid(np.where(np.isnan(values), np.nan, 0.1 + 0.7 * shade)),
+        cmap=cmap,
+        vmin=0,
+        vmax=1,
+        aspect="auto",
+    )
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            dark = shade[i, j] > 0.6
+            weight = "bold" if j < len(groups[0][1]) and groups[0][0] == "Aggregate score" else None
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+                weight=weight,
+            )
+    seeds = rows["seed"].astype("Float64")
+    labels = [
+        f"{v} s{int(sd)}" if pd.notna(sd) else str(v)
+        for v, sd in zip(rows["variant"].astype(str), seeds, strict=True)
+    ]
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_xticks(range(len(metrics)), [_SCIB_NAMES.get(m, m) for m in metrics], fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    left = 0
+    for title, names in groups:
+        if left:
+            ax.axvline(left - 0.5, color="white", lw=3)
+        ax.text(
+            (left + left + len(names) - 1) / 2,
+            len(rows) - 0.5 + 0.35,
+            title,
+            ha="center",
+            va="top",
+            fontsize=9,
+            weight="bold",
+        )
+        left += len(names)
+    ax.set_ylim(len(rows) - 0.5 + 0.8, -0.5)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(
+        "scIB metrics of each run (unscaled, higher is better; colour scaled within each "
+        "column)\ntotal = 0.6 bio conservation + 0.4 batch correction",
+        fontsize=10,
+    )
+    save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------------------
 # UMAP grid
 # --------------------------------------------------------------------------------------
 
 
 def _scatter_categories(
-    ax: Axes, xy: np.ndarray, values: pd.Series, categories: Sequence[str], size: float
+    ax: Axes,
+    xy: np.ndarray,
+    values: pd.Series,
+    categories: Sequence[str],
+    size: float,
+    colours: Sequence | None = None,
 ) -> list:
-    colours = dict(zip(categories, palette(len(categories)), strict=True))
+    colours = dict(zip(categories, colours or palette(len(categories)), strict=True))
     values = values.astype(str).to_numpy()
     handles = []
     for cat in categories:
@@ -339,17 +478,32 @@ def _cluster_panel(
         ax.set_title(f"{name}: no clusters")
 
 
+def _batch_title(name: str, adata: ad.AnnData, batch_key: str) -> str:
+    """Panel title: the number of batches and, when scored, the scIB batch correction."""
+    title = f"{name}: batch ({adata.obs[batch_key].nunique()})"
+    metrics = adata.uns.get("scvae", {}).get("cluster", {}).get("metrics", {})
+    value = metrics.get(scib_key("batch")) if isinstance(metrics, Mapping) else None
+    if value is not None and np.isfinite(float(value)):
+        title += f"\nscIB batch correction = {float(value):.3f}"
+    return title
+
+
 def plot_umap_grid(
     adatas: Mapping[str, ad.AnnData],
     path: str | os.PathLike,
     label_key: str = "label",
     cluster_key: str = "scvae_leiden",
-) -> None:
-    """UMAPs of several variants: one row per variant, coloured by label and by cluster.
+    batch_key: str | None = None,
+) -> Figure:
+    """UMAPs of several variants: one row per variant, by label, batch and cluster.
 
     Label colours are shared across rows (same cell type, same colour) with one
     legend; cluster ids are written at each cluster's median position, and the panel
-    title gives the number of clusters and their ARI against the labels.
+    title gives the number of clusters and their ARI against the labels. With a
+    ``batch_key`` that some of the data have in ``obs``, a middle column colours the
+    cells by batch (colours shared across rows, a legend below), so that a batch
+    effect shows next to the cell types; its title gives the scIB batch-correction
+    score when ``uns["scvae"]["cluster"]["metrics"]`` holds it.
 
     Parameters
     ----------
@@ -362,22 +516,45 @@ def plot_umap_grid(
         Column of ``obs`` with cell-type labels (panels say so when absent).
     cluster_key
         Column of ``obs`` with the clusters.
+    batch_key
+        Column of ``obs`` with the batches; None (or a column none of the data have)
+        leaves the batch column out.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure written (its axes titles say what each panel shows).
     """
     names = list(adatas)
     label_values = [
         v for a in adatas.values() if label_key in a.obs for v in a.obs[label_key].unique()
     ]
     label_cats = _sorted_categories(label_values)
-    n_rows = max(1, len(names))
-    fig = Figure(figsize=(11.5, 4.6 * n_rows), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(n_rows, 2, squeeze=False))
+    with_batch = batch_key is not None and any(batch_key in a.obs for a in adatas.values())
+    batch_cats = (
+        _sorted_categories(
+            [v for a in adatas.values() if batch_key in a.obs for v in a.obs[batch_key].unique()]
+        )
+        if with_batch
+        else []
+    )
+    # Not the label colours: a batch must not look like a cell type of the next panel.
+    batch_colours = (
+        [mpl.colormaps["Dark2"](i) for i in range(len(batch_cats))]
+        if len(batch_cats) <= 8
+        else palette(len(batch_cats))[::-1]
+    )
+    n_rows, n_cols = max(1, len(names)), 3 if with_batch else 2
+    fig = Figure(figsize=(5.75 * n_cols, 4.6 * n_rows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
     label_handles: list = []
+    batch_handles: list = []
     for row, name in enumerate(names):
         adata = adatas[name]
-        ax_label, ax_cluster = axes[row]
+        ax_label, ax_cluster = axes[row, 0], axes[row, -1]
         if "X_umap" not in adata.obsm:
-            empty_panel(ax_label, f"{name}: no obsm['X_umap']")
-            empty_panel(ax_cluster, f"{name}: no obsm['X_umap']")
+            for ax in axes[row]:
+                empty_panel(ax, f"{name}: no obsm['X_umap']")
             continue
         xy = np.asarray(adata.obsm["X_umap"])
         size = float(np.clip(12000 / max(adata.n_obs, 1), 1.0, 25.0))
@@ -390,12 +567,26 @@ def plot_umap_grid(
         else:
             empty_panel(ax_label, f"no obs[{label_key!r}]")
             ax_label.set_title(f"{name}: no labels")
+        if with_batch:
+            ax_batch = axes[row, 1]
+            if batch_key in adata.obs:
+                batch_handles = (
+                    _scatter_categories(
+                        ax_batch, xy, adata.obs[batch_key], batch_cats, size, batch_colours
+                    )
+                    or batch_handles
+                )
+                ax_batch.set_title(_batch_title(name, adata, batch_key))
+            else:
+                empty_panel(ax_batch, f"no obs[{batch_key!r}]")
+                ax_batch.set_title(f"{name}: no batches")
+            _umap_axes(ax_batch)
         _cluster_panel(ax_cluster, name, adata, xy, size, label_key, cluster_key)
         _umap_axes(ax_label)
         _umap_axes(ax_cluster)
     if not names:
-        empty_panel(axes[0, 0], "no variants")
-        empty_panel(axes[0, 1], "no variants")
+        for ax in axes[0]:
+            empty_panel(ax, "no variants")
     if label_handles:
         fig.legend(
             handles=label_handles,
@@ -405,8 +596,23 @@ def plot_umap_grid(
             markerscale=1.5,
             ncols=1 if len(label_handles) <= 20 else 2,
         )
-    fig.suptitle("UMAP of each embedding: cell-type labels (left) and Leiden clusters (right)")
+    if batch_handles:
+        fig.legend(
+            handles=batch_handles,
+            title=batch_key,
+            loc="outside lower center",
+            frameon=False,
+            markerscale=1.5,
+            ncols=min(len(batch_handles), 8),
+        )
+    fig.suptitle(
+        "UMAP of each embedding: cell-type labels (left), batches (middle) and Leiden "
+        "clusters (right)"
+        if with_batch
+        else "UMAP of each embedding: cell-type labels (left) and Leiden clusters (right)"
+    )
     save_figure(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------

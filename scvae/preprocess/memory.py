@@ -8,6 +8,10 @@ recorded in ``adata.uns["scvae"]["preprocess"]``. The steps themselves are decid
 :mod:`scvae.preprocess.steps`, shared with the streamed path for files too large for
 memory (:mod:`scvae.preprocess.streamed`).
 
+With batches (``batch_key``, usually the ``obs["batch"]`` that
+:func:`scvae.data.batches.read_dataset` adds), every batch must keep enough cells, and
+seurat_v3 ranks the genes within each batch (scanpy's ``batch_key``).
+
 The defaults only remove what carries no information, so that already-filtered
 matrices (such as the deep-clustering benchmark files, where a cell can have a
 median of 35 counts) lose almost no cells. Raw Cell Ranger output needs stricter
@@ -18,24 +22,32 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import anndata
 import numpy as np
+import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
+from scvae.data.batches import batch_column, check_covariate_keys, covariate_column
 from scvae.data.checks import check_counts
 from scvae.errors import InputError
 from scvae.preprocess.qc import add_qc_metrics, mito_genes
 from scvae.preprocess.steps import (
     FilterPlan,
+    batch_sizes,
+    check_batch_sizes,
     drop_cells_left_empty,
     drop_cells_without_hvg_counts,
     drop_empty,
     filter_cells,
     filter_genes,
+    fit_variance_trend,
+    hvg_fit_error,
     hvg_needed,
+    loess_message,
     record_hvg,
     require_hvg_backend,
     skip_hvg,
@@ -69,6 +81,8 @@ def preprocess(
     max_mito_fraction: float | None = None,
     n_top_genes: int | None = 2000,
     mito_prefix: str = "MT-",
+    batch_key: str | None = None,
+    covariate_keys: Sequence[str] = (),
     copy: bool = False,
 ) -> anndata.AnnData | None:
     """Filter cells and genes and select highly variable genes, keeping raw counts.
@@ -79,8 +93,12 @@ def preprocess(
     ``max_mito_fraction``; drop genes detected in fewer than ``min_cells`` of the
     remaining cells (and genes left with no counts); drop cells left with no counts;
     select the ``n_top_genes`` most variable genes with
-    ``sc.pp.highly_variable_genes(flavor="seurat_v3")`` on ``layers["counts"]`` and
-    subset to them; drop cells with no counts in those genes.
+    ``sc.pp.highly_variable_genes(flavor="seurat_v3")`` on ``layers["counts"]`` (ranked
+    within each batch with ``batch_key``) and subset to them; drop cells with no counts
+    in those genes. With ``batch_key``, every batch must keep
+    :data:`scvae.preprocess.steps.MIN_BATCH_CELLS` cells after the filters and after
+    the last step (batches below :data:`scvae.preprocess.steps.SMALL_BATCH_CELLS` get a
+    warning).
 
     ``X`` stays the raw counts as float32 CSR, ``layers["counts"]`` is subset along
     with it, and obs QC metrics count all genes that passed the gene filter (before
@@ -109,6 +127,13 @@ def preprocess(
         no more genes than this remain.
     mito_prefix
         Name prefix of mitochondrial genes (case-insensitive).
+    batch_key
+        obs column holding each cell's batch (``"batch"`` as
+        :func:`scvae.data.batches.read_dataset` writes it); None without batches.
+        Recorded, with the cells per batch, in ``uns["scvae"]["preprocess"]``.
+    covariate_keys
+        obs columns holding categorical covariates; made categorical strings and
+        recorded as ``covariate_keys``.
     copy
         Return a filtered copy instead of changing ``adata`` in place.
 
@@ -120,8 +145,10 @@ def preprocess(
     Raises
     ------
     InputError
-        If a setting is invalid, ``X`` does not hold raw counts, or no cells or no
-        genes are left; the message names the input file and the settings.
+        If a setting is invalid, ``X`` does not hold raw counts, no cells or no
+        genes are left, a batch or covariate column is missing or incomplete, a batch
+        keeps too few cells, or seurat_v3's variance trend cannot be fitted in a batch;
+        the message names the input file and the settings or the batch.
     ImportError
         If highly-variable-gene selection is needed and ``scikit-misc`` is missing.
     """
@@ -135,19 +162,36 @@ def preprocess(
         mito_prefix=mito_prefix,
     )
     source = _source(adata)
+    covariate_keys = check_covariate_keys(covariate_keys, batch_key)
+    categorical = {k: covariate_column(adata.obs, k, source) for k in covariate_keys}
+    batches = None
+    if batch_key is not None:
+        batches = batch_column(adata.obs, batch_key, source)
+        categorical[batch_key] = batches
     check_counts(adata.X, source=source)
     # Decide every filter on masks first, so that bad settings or data raise before
     # adata has been touched.
-    plan = _plan_filters(adata, settings, source)
+    plan = _plan_filters(adata, settings, source, batches)
+    if batches is not None:
+        read = batch_sizes(batches)
+        step = "4_drop_empty_after_filters"
+        check_batch_sizes(batch_sizes(batches, plan.cells), read, source, step)
     require_hvg_backend(settings, int(plan.genes.sum()))
     if copy:
         adata = adata[plan.cells, plan.genes].copy()
     else:
         _subset(adata, plan.cells, plan.genes)
+    for key, values in categorical.items():
+        adata.obs[key] = values[plan.cells].remove_unused_categories()
     _ensure_counts(adata)
     add_qc_metrics(adata, mito_prefix=mito_prefix)
-    _select_hvg(adata, plan, settings, source)
-    store_record(adata, plan, settings)
+    _select_hvg(adata, plan, settings, source, batch_key)
+    if batches is not None:
+        after = batch_sizes(pd.Categorical(adata.obs[batch_key]))
+        check_batch_sizes(after, read, source, "6_drop_empty_after_hvg", warn=False)
+    for key in categorical:  # a covariate's value may have lost all its cells
+        adata.obs[key] = adata.obs[key].cat.remove_unused_categories()
+    store_record(adata, plan, settings, batch_key=batch_key, covariate_keys=covariate_keys)
     logger.info(
         "Preprocessing %s: %d cells x %d genes -> %d cells x %d genes",
         source,
@@ -212,10 +256,15 @@ class _Entries:
         return np.bincount(self.cols, weights=weights, minlength=self.shape[1])
 
 
-def _plan_filters(adata: anndata.AnnData, settings: dict[str, Any], source: str) -> FilterPlan:
+def _plan_filters(
+    adata: anndata.AnnData,
+    settings: dict[str, Any],
+    source: str,
+    batches: pd.Categorical | None,
+) -> FilterPlan:
     X = adata.X if sparse.issparse(adata.X) else sparse.csr_matrix(adata.X)
     entries = _Entries(sparse.csr_matrix(X))
-    plan = FilterPlan.start(*entries.shape)
+    plan = FilterPlan.start(*entries.shape, batches=batches)
     drop_empty(
         plan,
         entries.per_cell(entries.detected) > 0,
@@ -262,15 +311,31 @@ def _ensure_counts(adata: anndata.AnnData) -> None:
 
 
 def _select_hvg(
-    adata: anndata.AnnData, plan: FilterPlan, settings: dict[str, Any], source: str
+    adata: anndata.AnnData,
+    plan: FilterPlan,
+    settings: dict[str, Any],
+    source: str,
+    batch_key: str | None,
 ) -> None:
     before = adata.shape
     if not hvg_needed(settings, adata.n_vars):
         skip_hvg(plan, before, settings, source)
         return
-    sc.pp.highly_variable_genes(
-        adata, flavor="seurat_v3", n_top_genes=settings["n_top_genes"], layer="counts", inplace=True
-    )
+    try:
+        sc.pp.highly_variable_genes(
+            adata,
+            flavor="seurat_v3",
+            n_top_genes=settings["n_top_genes"],
+            layer="counts",
+            batch_key=batch_key,
+            inplace=True,
+        )
+    except ValueError as err:
+        # scikit-misc's loess says only that a fit is singular; name the batch.
+        failures = _failed_trends(adata, batch_key)
+        if not failures:
+            raise
+        raise hvg_fit_error(source, failures) from err
     adata._inplace_subset_var(adata.var["highly_variable"].to_numpy())
     record_hvg(plan, before, adata.shape, source)
     # A cell may have counts only outside the selected genes; a count model cannot
@@ -279,3 +344,26 @@ def _select_hvg(
     drop_cells_without_hvg_counts(plan, has_counts, adata.n_vars, source)
     if not has_counts.all():
         adata._inplace_subset_obs(has_counts)
+
+
+def _failed_trends(
+    adata: anndata.AnnData, batch_key: str | None
+) -> dict[str | None, tuple[int, float, str]]:
+    """The batches (None: all cells) whose seurat_v3 variance trend cannot be fitted."""
+    X = sparse.csr_matrix(adata.layers["counts"], dtype=np.float64)
+    groups: dict[str | None, np.ndarray] = {None: np.ones(adata.n_obs, dtype=bool)}
+    if batch_key is not None:
+        values = adata.obs[batch_key].to_numpy()
+        groups = {str(b): values == b for b in np.unique(values)}
+    failures = {}
+    for batch, rows in groups.items():
+        sub = X[rows]
+        n = sub.shape[0]
+        mean = np.asarray(sub.sum(axis=0)).ravel() / n
+        variance = (np.asarray(sub.multiply(sub).sum(axis=0)).ravel() / n - mean**2) * n / (n - 1)
+        try:
+            fit_variance_trend(mean, variance)
+        except ValueError as err:
+            median = float(np.median(np.asarray(sub.sum(axis=1)).ravel()))
+            failures[batch] = (n, median, loess_message(err))
+    return failures

@@ -16,30 +16,46 @@ it in a :class:`FilterPlan`. :func:`store_record` then writes the record to
    (:func:`skip_hvg`);
 6. ``6_drop_empty_after_hvg``: cells with no counts in the selected genes
    (:func:`drop_cells_without_hvg_counts`).
+
+With batches (``obs["batch"]``), every batch must keep :data:`MIN_BATCH_CELLS` cells after
+steps 4 and 6 (:func:`check_batch_sizes`; fewer than :data:`SMALL_BATCH_CELLS` get a
+warning), and seurat_v3 ranks the genes per batch, as
+``sc.pp.highly_variable_genes(batch_key=...)`` does; a batch whose variance trend cannot
+be fitted is named in the error (:func:`hvg_fit_error`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anndata
 import numpy as np
+import pandas as pd
 
 from scvae.errors import InputError
 from scvae.preprocess.qc import mito_fraction
 
 __all__ = [
+    "MIN_BATCH_CELLS",
+    "SMALL_BATCH_CELLS",
     "FilterPlan",
+    "batch_sizes",
+    "check_batch_sizes",
     "drop_cells_left_empty",
     "drop_cells_without_hvg_counts",
     "drop_empty",
     "failed_cell_filters",
     "filter_cells",
+    "fit_variance_trend",
     "filter_genes",
+    "hvg_fit_error",
     "hvg_needed",
+    "loess_message",
     "log_removed",
     "record_hvg",
     "require_hvg_backend",
@@ -52,6 +68,27 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Shape = tuple[int, int]
+
+MIN_BATCH_CELLS = 20
+"""Fewest cells a batch may keep after the filters; a batch with fewer is an error.
+
+scanpy's batch-aware seurat_v3 fits, per batch, a loess curve (span 0.3, degree 2) of
+each gene's log variance (ddof 1) on its log mean. With few cells the means take few
+distinct values (multiples of 1/n) and the local fits turn singular: on the CellBench
+plates (about 22,000 counts per cell) the fit failed in at least one of five random
+subsamples of every plate at 15 cells or fewer, and in none at 20; a single cell gives an
+infinite variance, on which scikit-misc's loess crashes the process instead of raising
+(scanpy#1504, scvi-tools#3742). A batch-aware model fits parameters of its own to each
+batch (its decoder weights, a dispersion per gene with ``dispersion: gene-batch``), which
+fewer cells do not determine either. Shallow batches need more cells for the fit (Kang
+et al.'s PBMCs, 864 counts per cell: about 350); that failure is caught and named by
+batch (:func:`hvg_fit_error`).
+"""
+
+SMALL_BATCH_CELLS = 128
+"""Batches with fewer cells than this get a warning: fewer than one minibatch of
+scvi-tools' default size (128; scvae's default ``batch_size`` is 512), so the batch's own
+parameters rest on fewer cells than a single gradient step averages over."""
 
 
 # -------------------------------------------------------------------------- settings
@@ -115,6 +152,8 @@ class FilterPlan:
         Boolean masks over the input's cells and genes.
     n_mito_genes
         Mitochondrial genes with counts (those the mitochondrial filter uses).
+    batches
+        Each input cell's batch, or None without batches.
     steps
         Step name -> cells and genes after it and removed by it (and notes).
     """
@@ -122,12 +161,15 @@ class FilterPlan:
     cells: np.ndarray
     genes: np.ndarray
     n_mito_genes: int = 0
+    batches: pd.Categorical | None = None
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, n_cells: int, n_genes: int) -> FilterPlan:
+    def start(cls, n_cells: int, n_genes: int, batches: pd.Categorical | None = None) -> FilterPlan:
         """A plan that keeps everything, with step ``0_input`` recorded."""
-        plan = cls(cells=np.ones(n_cells, dtype=bool), genes=np.ones(n_genes, dtype=bool))
+        plan = cls(
+            cells=np.ones(n_cells, dtype=bool), genes=np.ones(n_genes, dtype=bool), batches=batches
+        )
         plan.steps["0_input"] = {"cells": n_cells, "genes": n_genes}
         return plan
 
@@ -433,14 +475,21 @@ def record_hvg(plan: FilterPlan, before: Shape, after: Shape, source: str) -> No
     Parameters
     ----------
     plan
-        The plan, whose record is extended.
+        The plan, whose record is extended (with the number of batches, if any).
     before, after
         Cells x genes before and after the selection.
     source
         The input, named in the log line.
     """
-    plan.record("5_highly_variable_genes", before, after, hvg="seurat_v3")
-    logger.info("%s: kept %d highly variable genes of %d (seurat_v3)", source, after[1], before[1])
+    extra = {} if plan.batches is None else {"hvg_batches": len(plan.batches.categories)}
+    plan.record("5_highly_variable_genes", before, after, hvg="seurat_v3", **extra)
+    logger.info(
+        "%s: kept %d highly variable genes of %d (seurat_v3%s)",
+        source,
+        after[1],
+        before[1],
+        "" if not extra else f", ranked per batch in {extra['hvg_batches']} batches",
+    )
 
 
 def drop_cells_without_hvg_counts(
@@ -474,10 +523,165 @@ def drop_cells_without_hvg_counts(
     log_removed(source, "with no counts in the highly variable genes", after_hvg, final)
 
 
+# --------------------------------------------------------------------------- batches
+
+
+def batch_sizes(batches: pd.Categorical, keep: np.ndarray | None = None) -> dict[str, int]:
+    """Cells per batch, every category included (0 for a batch with none left).
+
+    Parameters
+    ----------
+    batches
+        Each cell's batch.
+    keep
+        Boolean mask of the cells to count; None counts all.
+
+    Returns
+    -------
+    dict
+        Batch -> number of cells, in the order of the categories.
+    """
+    codes = np.asarray(batches.codes)
+    if keep is not None:
+        codes = codes[keep]
+    counts = np.bincount(codes[codes >= 0], minlength=len(batches.categories))
+    return {str(b): int(n) for b, n in zip(batches.categories, counts, strict=True)}
+
+
+def check_batch_sizes(
+    sizes: Mapping[str, int],
+    read: Mapping[str, int],
+    source: str,
+    step: str,
+    *,
+    warn: bool = True,
+) -> None:
+    """Stop when a batch has fewer than :data:`MIN_BATCH_CELLS` cells; warn on small ones.
+
+    Parameters
+    ----------
+    sizes
+        Batch -> cells left after ``step``.
+    read
+        Batch -> cells read, named in the message.
+    source
+        The input, named in the message.
+    step
+        The step after which ``sizes`` were counted.
+    warn
+        Warn about batches with fewer than :data:`SMALL_BATCH_CELLS` cells (once per
+        run: the first check).
+
+    Raises
+    ------
+    InputError
+        If a batch has fewer than :data:`MIN_BATCH_CELLS` cells; the message names
+        every such batch with its cells left and read.
+    """
+    too_few = {b: n for b, n in sizes.items() if n < MIN_BATCH_CELLS}
+    if too_few:
+        listed = "; ".join(
+            f"batch {b!r} has {n} cell(s) left of {read.get(b, n)} read" for b, n in too_few.items()
+        )
+        raise InputError(
+            f"{source}: too few cells after step {step}: {listed}. Every batch needs at "
+            f"least {MIN_BATCH_CELLS} cells, for highly variable genes per batch (seurat_v3 "
+            "fits a variance trend in each) and for the batch's own parameters in a "
+            "batch-aware model. Remove that batch's cells from the input, merge it with a "
+            "similar batch, or loosen the cell filters."
+        )
+    if not warn:
+        return
+    for b, n in sizes.items():
+        if n < SMALL_BATCH_CELLS:
+            message = (
+                f"{source}: batch {b!r} has only {n} cells, fewer than one minibatch "
+                f"({SMALL_BATCH_CELLS} cells); its batch-specific parameters rest on few "
+                "cells. Consider merging it with a similar batch."
+            )
+            logger.warning(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
+
+
+def fit_variance_trend(mean: np.ndarray, variance: np.ndarray, *, span: float = 0.3) -> np.ndarray:
+    """seurat_v3's trend: loess of log10 variance on log10 mean, over the non-constant genes.
+
+    Parameters
+    ----------
+    mean, variance
+        Per gene, over one batch's cells (variance with ddof 1).
+    span
+        Loess span (scanpy's default).
+
+    Returns
+    -------
+    numpy.ndarray
+        Per gene, the fitted log10 variance (0 for genes of zero variance), as scanpy's
+        ``_highly_variable_genes_seurat_v3`` computes it.
+
+    Raises
+    ------
+    ValueError
+        When the fit is singular (scikit-misc's message), as on batches of few cells.
+    """
+    from skmisc.loess import loess
+
+    not_const = variance > 0
+    fitted = np.zeros(mean.size, dtype=np.float64)
+    model = loess(np.log10(mean[not_const]), np.log10(variance[not_const]), span=span, degree=2)
+    model.fit()
+    fitted[not_const] = model.outputs.fitted_values
+    return fitted
+
+
+def loess_message(err: ValueError) -> str:
+    """scikit-misc's loess error as one line of text (it raises bytes, ``b'...'``)."""
+    arg = err.args[0] if err.args else str(err)
+    text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+    return " ".join(text.split())
+
+
+def hvg_fit_error(source: str, failures: Mapping[str | None, tuple[int, float, str]]) -> InputError:
+    """The error when seurat_v3's variance trend cannot be fitted in some batches.
+
+    Parameters
+    ----------
+    source
+        The input, named in the message.
+    failures
+        Batch (None: all cells, without batches) -> (cells, median counts per cell,
+        the fit's error message).
+
+    Returns
+    -------
+    InputError
+        To raise.
+    """
+    listed = "; ".join(
+        f"{'all cells' if b is None else f'batch {b!r}'} ({n} cells, median {m:,.0f} counts "
+        f"per cell: {err})"
+        for b, (n, m, err) in failures.items()
+    )
+    return InputError(
+        f"{source}: highly variable genes (seurat_v3): the loess fit of variance on mean "
+        f"failed in {listed}. The fit needs more cells when counts are shallow (many genes "
+        "then share the same few mean values): merge the batch with a similar one or remove "
+        "its cells, raise min_cells to drop rarely detected genes, or set n_top_genes to 0 "
+        "to keep all genes."
+    )
+
+
 # ---------------------------------------------------------------------------- record
 
 
-def store_record(adata: anndata.AnnData, plan: FilterPlan, settings: dict[str, Any]) -> None:
+def store_record(
+    adata: anndata.AnnData,
+    plan: FilterPlan,
+    settings: dict[str, Any],
+    *,
+    batch_key: str | None = None,
+    covariate_keys: Sequence[str] = (),
+) -> None:
     """Write the settings and the steps to ``adata.uns["scvae"]["preprocess"]``.
 
     Parameters
@@ -488,6 +692,11 @@ def store_record(adata: anndata.AnnData, plan: FilterPlan, settings: dict[str, A
         The plan with every step recorded.
     settings
         The filter settings (None is stored as ``"none"``, so that h5ad can hold it).
+    batch_key
+        The obs column of the batch, recorded (with the cells per batch, as
+        ``batch_cells``) when not None; later stages read the batch from it.
+    covariate_keys
+        The obs columns of the covariates, recorded as a list (empty without any).
     """
     scvae = dict(adata.uns.get("scvae", {}))
     scvae["preprocess"] = {
@@ -498,7 +707,12 @@ def store_record(adata: anndata.AnnData, plan: FilterPlan, settings: dict[str, A
         "genes_in": int(plan.genes.size),
         "cells_out": int(adata.n_obs),
         "genes_out": int(adata.n_vars),
+        "covariate_keys": [str(k) for k in covariate_keys],
     }
+    if batch_key is not None:
+        scvae["preprocess"]["batch_key"] = batch_key
+        batches = pd.Categorical(adata.obs[batch_key])
+        scvae["preprocess"]["batch_cells"] = batch_sizes(batches)
     adata.uns["scvae"] = scvae
 
 

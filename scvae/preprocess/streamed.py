@@ -13,20 +13,23 @@ Four passes over the file:
 1. per cell: detected genes, total and mitochondrial counts (cell filters); per gene:
    detection in any cell and in the cells that pass (gene filters) -- :func:`_cell_stats`;
 2. on the genes that pass: the QC metrics of obs (``sc.pp.calculate_qc_metrics`` on
-   each chunk), cells left with no counts, per-gene sums and sums of squares (var QC
-   metrics, means and variances of seurat_v3) -- :func:`_gene_moments`;
-3. seurat_v3's clipped sums (after its loess fit of the variances on the means) --
-   :func:`_seurat_v3`;
+   each chunk), cells left with no counts, per-gene sums and sums of squares, per batch
+   (var QC metrics, means and variances of seurat_v3) -- :func:`_gene_moments`;
+3. seurat_v3's clipped sums, per batch (after its loess fit of the variances on the
+   means in each batch) -- :func:`_seurat_v3`;
 4. the selected cells and genes, written to the output -- :func:`_append_counts`, then
    :func:`_write_elements`.
 
-Selected cells and genes, counts, obs, obsm, uns and the recorded steps are those of
-the in-memory path; the floating-point var columns (``means``, ``variances``,
-``variances_norm``, ``mean_counts``, ``total_counts``) agree to rounding (sums are
-accumulated per chunk in float64; ``tests/preprocess/test_streamed.py`` compares the
-two). ``X`` and ``layers["counts"]`` are the same HDF5 group (a hard link), so the counts
-are on disk once; reading the file into memory gives two copies, as the in-memory path's
-output does.
+A batch column (``batch_key``) and covariates are read and checked as
+:func:`scvae.data.batches.read_dataset` does, every batch must keep as many cells as in
+memory, and seurat_v3 ranks the genes per batch as ``sc.pp.highly_variable_genes(...,
+batch_key="batch")`` does. Selected cells and genes, counts, obs, obsm, uns and the
+recorded steps are those of the in-memory path; the floating-point var columns
+(``means``, ``variances``, ``variances_norm``, ``mean_counts``, ``total_counts``) agree
+to rounding (sums are accumulated per chunk in float64;
+``tests/preprocess/test_streamed.py`` compares the two). ``X`` and ``layers["counts"]``
+are the same HDF5 group (a hard link), so the counts are on disk once; reading the file
+into memory gives two copies, as the in-memory path's output does.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
+from scvae.data.batches import BATCH_KEY, add_batch_columns, check_covariate_keys
 from scvae.data.checks import check_counts
 from scvae.data.h5ad import plain_dicts
 from scvae.data.ondisk import H5CSR, CSRWriter, row_chunks
@@ -55,13 +59,18 @@ from scvae.preprocess.memory import effective_settings
 from scvae.preprocess.qc import drop_stale_mito_metrics, mito_fraction, mito_genes
 from scvae.preprocess.steps import (
     FilterPlan,
+    batch_sizes,
+    check_batch_sizes,
     drop_cells_left_empty,
     drop_cells_without_hvg_counts,
     drop_empty,
     failed_cell_filters,
     filter_cells,
     filter_genes,
+    fit_variance_trend,
+    hvg_fit_error,
     hvg_needed,
+    loess_message,
     record_hvg,
     require_hvg_backend,
     skip_hvg,
@@ -82,6 +91,8 @@ def preprocess_h5ad_backed(
     *,
     label_key: str | None = None,
     layer: str | None = None,
+    batch_key: str | None = None,
+    covariates: Iterable[str] = (),
     **filter_settings: Any,
 ) -> dict[str, Any]:
     """Read, check, filter and write a large h5ad without loading its counts.
@@ -98,6 +109,11 @@ def preprocess_h5ad_backed(
         obs column holding the cell labels (copied to ``obs["label"]``).
     layer
         Layer holding the raw counts (None: ``X``).
+    batch_key
+        obs column holding each cell's batch, copied to ``obs["batch"]``
+        (:func:`scvae.data.batches.add_batch_columns`); None without batches.
+    covariates
+        obs columns holding categorical covariates.
     **filter_settings
         :data:`scvae.preprocess.memory.FILTER_SETTINGS` (defaults as
         :func:`scvae.preprocess.memory.preprocess`).
@@ -116,25 +132,31 @@ def preprocess_h5ad_backed(
     """
     path = Path(input)
     settings = validate_settings(**effective_settings(**filter_settings))
+    covariates = check_covariate_keys(covariates, batch_key)
     source = str(path)
     f, X, hint = _open_counts(path, layer)
     try:
-        meta, obsm = _read_metadata(f, X, path, label_key)
+        meta, obsm = _read_metadata(f, X, path, label_key, batch_key, covariates)
+        batches = None if batch_key is None else pd.Categorical(meta.obs[BATCH_KEY])
         is_mito = mito_genes(meta, settings["mito_prefix"])
         stats = _cell_stats(X, is_mito, settings, source, hint)
         if qc_plot is not None:  # before filtering, as the in-memory path: it explains them
-            _plot(meta, stats, qc_plot, settings)
-        plan = _plan_filters(stats, is_mito, settings, source)
+            _plot(meta, stats, qc_plot, settings, batch_key and BATCH_KEY)
+        plan = _plan_filters(stats, is_mito, settings, source, batches)
         moments = _gene_moments(X, plan, meta, is_mito)
         drop_cells_left_empty(plan, moments.has_counts, settings, source)
+        if batches is not None:
+            step = "4_drop_empty_after_filters"
+            check_batch_sizes(batch_sizes(batches, plan.cells), batch_sizes(batches), source, step)
         require_hvg_backend(settings, int(plan.genes.sum()))
         n_obs = int(plan.cells.sum())
         mean = moments.sums / n_obs
         variance = moments.sumsq / n_obs - mean**2
         obs, var = _qc_annotations(meta, plan, is_mito, moments, mean)
-        hvg_cols = _select_hvg(X, plan, moments.genes, mean, variance, var, settings, source)
+        hvg_cols = _select_hvg(X, plan, moments, mean, variance, obs, var, settings, source)
+        keys = {"batch_key": batch_key and BATCH_KEY, "covariate_keys": covariates}
         result = _write_output(
-            output, X, plan, moments.genes, hvg_cols, obs, var, obsm, settings, source
+            output, X, plan, moments.genes, hvg_cols, obs, var, obsm, settings, source, meta, keys
         )
         logger.info(
             "Preprocessing %s (out of core): %d cells x %d genes -> %d cells x %d genes",
@@ -165,9 +187,14 @@ def _open_counts(path: Path, layer: str | None) -> tuple[h5py.File, H5CSR, str |
 
 
 def _read_metadata(
-    f: h5py.File, X: H5CSR, path: Path, label_key: str | None
+    f: h5py.File,
+    X: H5CSR,
+    path: Path,
+    label_key: str | None,
+    batch_key: str | None,
+    covariates: list[str],
 ) -> tuple[anndata.AnnData, dict[str, Any]]:
-    """The input's obs and var (checked and named as read_counts does) in an AnnData; obsm."""
+    """The input's obs and var (checked and named as read_dataset does) in an AnnData; obsm."""
     from anndata.io import read_elem
 
     obs = read_elem(f["obs"])
@@ -181,6 +208,7 @@ def _read_metadata(
     make_names_unique(meta, path)
     if label_key is not None:
         meta.obs["label"] = labels_from_column(meta.obs, label_key, path)
+    add_batch_columns(meta, path, batch_key=batch_key, covariates=covariates)
     return meta, obsm
 
 
@@ -237,10 +265,14 @@ def _cell_stats(
 
 
 def _plan_filters(
-    stats: _CellStats, is_mito: np.ndarray, settings: dict[str, Any], source: str
+    stats: _CellStats,
+    is_mito: np.ndarray,
+    settings: dict[str, Any],
+    source: str,
+    batches: pd.Categorical | None,
 ) -> FilterPlan:
     """Steps 1-3 from the statistics of pass 1."""
-    plan = FilterPlan.start(stats.n_genes.size, stats.genes_detected.size)
+    plan = FilterPlan.start(stats.n_genes.size, stats.genes_detected.size, batches=batches)
     drop_empty(plan, stats.n_genes > 0, stats.genes_detected > 0, settings, source)
     plan.n_mito_genes = int((is_mito & plan.genes).sum())
     filter_cells(plan, stats.n_genes, stats.totals, stats.mito, settings, source)
@@ -260,9 +292,21 @@ class _GeneMoments:
     genes: np.ndarray  # the genes that passed (indices into the input's genes)
     has_counts: np.ndarray  # per input cell: counts in those genes (step 4)
     n_cells: np.ndarray  # per gene: cells it is detected in
-    sums: np.ndarray
-    sumsq: np.ndarray
+    batch_sums: np.ndarray  # batches x genes (one row without batches)
+    batch_sumsq: np.ndarray
     obs_qc: list[pd.DataFrame]  # scanpy's obs QC metrics, one frame per chunk
+
+    @property
+    def sums(self) -> np.ndarray:
+        """Per gene, the sum over all kept cells."""
+        return self.batch_sums[0] if len(self.batch_sums) == 1 else self.batch_sums.sum(axis=0)
+
+    @property
+    def sumsq(self) -> np.ndarray:
+        """Per gene, the sum of squares over all kept cells."""
+        if len(self.batch_sumsq) == 1:
+            return self.batch_sumsq[0]
+        return self.batch_sumsq.sum(axis=0)
 
 
 def _gene_moments(
@@ -271,9 +315,10 @@ def _gene_moments(
     genes = np.flatnonzero(plan.genes)
     sub_mito = is_mito[genes]
     obs_metrics = []
+    codes, n_batches = _batch_codes(plan)
     n_cells_by = np.zeros(genes.size, dtype=np.int64)
-    sums = np.zeros(genes.size, dtype=np.float64)
-    sumsq = np.zeros(genes.size, dtype=np.float64)
+    sums = np.zeros(n_batches * genes.size, dtype=np.float64)
+    sumsq = np.zeros(n_batches * genes.size, dtype=np.float64)
     has_counts = np.zeros(plan.cells.size, dtype=bool)
     sub_var = pd.DataFrame(index=meta.var_names[genes])
     sub_var["mt"] = sub_mito
@@ -285,9 +330,12 @@ def _gene_moments(
         block = block[has]
         kept_rows = kept_rows[has]
         n_cells_by += np.bincount(block.indices, minlength=genes.size)
-        sums += np.bincount(block.indices, weights=block.data, minlength=genes.size)
+        # One bin per batch and gene: the row's batch code offsets the gene index.
+        entry_batch = np.repeat(codes[kept_rows], np.diff(block.indptr))
+        bins = entry_batch * genes.size + block.indices
+        sums += np.bincount(bins, weights=block.data, minlength=sums.size)
         sq = (block.data * block.data).astype(np.float64)  # float32 square, as scanpy
-        sumsq += np.bincount(block.indices, weights=sq, minlength=genes.size)
+        sumsq += np.bincount(bins, weights=sq, minlength=sumsq.size)
         chunk = anndata.AnnData(
             X=block, obs=pd.DataFrame(index=meta.obs_names[kept_rows]), var=sub_var
         )
@@ -299,7 +347,17 @@ def _gene_moments(
             inplace=False,
         )
         obs_metrics.append(qc_obs)
-    return _GeneMoments(genes, has_counts, n_cells_by, sums, sumsq, obs_metrics)
+    shape = (n_batches, genes.size)
+    return _GeneMoments(
+        genes, has_counts, n_cells_by, sums.reshape(shape), sumsq.reshape(shape), obs_metrics
+    )
+
+
+def _batch_codes(plan: FilterPlan) -> tuple[np.ndarray, int]:
+    """Each input cell's batch as an integer (0 for all without batches), and the batches."""
+    if plan.batches is None:
+        return np.zeros(plan.cells.size, dtype=np.int64), 1
+    return np.asarray(plan.batches.codes, dtype=np.int64), len(plan.batches.categories)
 
 
 def _qc_annotations(
@@ -334,9 +392,10 @@ def _qc_annotations(
 def _select_hvg(
     X: H5CSR,
     plan: FilterPlan,
-    genes: np.ndarray,
+    moments: _GeneMoments,
     mean: np.ndarray,
     variance: np.ndarray,
+    obs: pd.DataFrame,
     var: pd.DataFrame,
     settings: dict[str, Any],
     source: str,
@@ -345,6 +404,7 @@ def _select_hvg(
 
     None when no selection is needed (steps 5 and 6 are recorded as skipped).
     """
+    genes = moments.genes
     n_obs = int(plan.cells.sum())
     shape = (n_obs, genes.size)
     if not hvg_needed(settings, genes.size):
@@ -352,7 +412,7 @@ def _select_hvg(
         return None
     if n_obs != 1:
         variance = variance * n_obs / (n_obs - 1)
-    hvg, hvg_var = _seurat_v3(X, plan, genes, mean, variance, n_obs, settings)
+    hvg, hvg_var = _seurat_v3(X, plan, moments, mean, variance, obs, settings, source)
     for column in hvg_var.columns:
         var[column] = hvg_var[column].to_numpy()
     hvg_cols = np.flatnonzero(hvg)
@@ -360,38 +420,67 @@ def _select_hvg(
     return hvg_cols
 
 
-def _seurat_v3(X, plan, genes, mean, variance, n_obs, settings) -> tuple[np.ndarray, pd.DataFrame]:
-    """Scanpy's ``highly_variable_genes(flavor="seurat_v3")`` (one batch) from moments."""
+def _seurat_v3(
+    X: H5CSR,
+    plan: FilterPlan,
+    moments: _GeneMoments,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    obs: pd.DataFrame,
+    settings: dict[str, Any],
+    source: str,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Scanpy's ``highly_variable_genes(flavor="seurat_v3")``, per batch, from moments."""
     from scanpy.preprocessing._highly_variable_genes import _sum_and_sum_squares_clipped
-    from skmisc.loess import loess
 
+    genes = moments.genes
     n_top = int(settings["n_top_genes"])
-    not_const = variance > 0
-    estimat_var = np.zeros(genes.size, dtype=np.float64)
-    model = loess(np.log10(mean[not_const]), np.log10(variance[not_const]), span=0.3, degree=2)
-    model.fit()
-    estimat_var[not_const] = model.outputs.fitted_values
-    reg_std = np.sqrt(10**estimat_var)
-    clip_val = reg_std * np.sqrt(n_obs) + mean
-    sq_sum = np.zeros(genes.size, dtype=np.float64)
-    total = np.zeros(genes.size, dtype=np.float64)
+    codes, n_batches = _batch_codes(plan)
+    kept_codes = codes[plan.cells]
+    n_per_batch = np.bincount(kept_codes, minlength=n_batches)
+    present = np.flatnonzero(n_per_batch)  # scanpy loops over the batches that have cells
+    trend, failures = {}, {}
+    for b in present:
+        n_b = int(n_per_batch[b])
+        mean_b = moments.batch_sums[b] / n_b
+        var_b = (moments.batch_sumsq[b] / n_b - mean_b**2) * n_b / (n_b - 1)
+        try:
+            fitted = fit_variance_trend(mean_b, var_b)
+        except ValueError as err:
+            name = None if plan.batches is None else str(plan.batches.categories[b])
+            median = float(np.median(obs["total_counts"].to_numpy()[kept_codes == b]))
+            failures[name] = (n_b, median, loess_message(err))
+            continue
+        reg_std = np.sqrt(10**fitted)
+        trend[b] = (n_b, mean_b, reg_std, reg_std * np.sqrt(n_b) + mean_b)
+    if failures:
+        raise hvg_fit_error(source, failures)
+    sq_sum = np.zeros((n_batches, genes.size), dtype=np.float64)
+    total = np.zeros((n_batches, genes.size), dtype=np.float64)
     for rows, block in _chunks(X):
-        block = block[plan.cells[rows]][:, genes]
-        s2, s1 = _sum_and_sum_squares_clipped(
-            block.indices, block.data, n_cols=genes.size, clip_val=clip_val, nnz=block.nnz
-        )
-        sq_sum += s2
-        total += s1
-    norm_gene_var = (1 / ((n_obs - 1) * np.square(reg_std))) * (
-        (n_obs * np.square(mean)) + sq_sum - 2 * total * mean
+        kept = plan.cells[rows]
+        block = block[kept][:, genes]
+        block_codes = codes[rows[kept]]
+        for b, (_, _, _, clip_val) in trend.items():
+            part = block[block_codes == b] if n_batches > 1 else block
+            s2, s1 = _sum_and_sum_squares_clipped(
+                part.indices, part.data, n_cols=genes.size, clip_val=clip_val, nnz=part.nnz
+            )
+            sq_sum[b] += s2
+            total[b] += s1
+    norm = np.stack(
+        [
+            (1 / ((n_b - 1) * np.square(reg_std)))
+            * ((n_b * np.square(mean_b)) + sq_sum[b] - 2 * total[b] * mean_b)
+            for b, (n_b, mean_b, reg_std, _) in trend.items()
+        ]
     )
-    norm = norm_gene_var.reshape(1, -1)
     ranked = np.argsort(np.argsort(-norm, axis=1), axis=1).astype(np.float32)
-    n_batches = np.sum((ranked < n_top).astype(int), axis=0)
+    n_batches_hv = np.sum((ranked < n_top).astype(int), axis=0)
     ranked[ranked >= n_top] = np.nan
     median_ranked = np.ma.median(np.ma.masked_invalid(ranked), axis=0).filled(np.nan)
     df = pd.DataFrame(index=np.arange(genes.size))
-    df["highly_variable_nbatches"] = n_batches
+    df["highly_variable_nbatches"] = n_batches_hv
     df["highly_variable_rank"] = median_ranked
     df["variances_norm"] = np.mean(norm, axis=0)
     cols = ["highly_variable_rank", "highly_variable_nbatches"]
@@ -407,6 +496,8 @@ def _seurat_v3(X, plan, genes, mean, variance, n_obs, settings) -> tuple[np.ndar
             "variances_norm": df["variances_norm"].to_numpy().astype("float64", copy=False),
         }
     )
+    if plan.batches is not None:  # as scanpy adds it with a batch_key
+        out["highly_variable_nbatches"] = n_batches_hv
     return hvg, out
 
 
@@ -424,8 +515,14 @@ def _write_output(
     obsm: dict[str, Any],
     settings: dict[str, Any],
     source: str,
+    meta: anndata.AnnData,
+    keys: dict[str, Any],
 ) -> anndata.AnnData:
-    """Write the kept cells and genes (step 6 on the way); the result without its counts."""
+    """Write the kept cells and genes (step 6 on the way); the result without its counts.
+
+    ``keys`` holds the ``batch_key`` (None without batches) and ``covariate_keys`` to
+    record, as :func:`scvae.preprocess.steps.store_record` takes them.
+    """
     out_genes = genes if hvg_cols is None else genes[hvg_cols]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -437,9 +534,13 @@ def _write_output(
             drop_cells_without_hvg_counts(plan, keep, out_genes.size, source)
             obs = obs.iloc[np.flatnonzero(keep)]
             var = var.iloc[hvg_cols]
-        result = anndata.AnnData(obs=obs, var=var)
-        result.uns["scvae"] = {"input": {"path": source, "format": "h5ad"}}
-        store_record(result, plan, settings)
+        if plan.batches is not None:
+            after = batch_sizes(pd.Categorical(obs[BATCH_KEY]))
+            read = batch_sizes(plan.batches)
+            check_batch_sizes(after, read, source, "6_drop_empty_after_hvg", warn=False)
+        result = anndata.AnnData(obs=_drop_unused_categories(obs), var=_drop_unused_categories(var))
+        result.uns["scvae"] = {"input": dict(meta.uns["scvae"]["input"])}
+        store_record(result, plan, settings, **keys)
         if hvg_cols is not None:
             result.uns["hvg"] = {"flavor": "seurat_v3"}
         rows_out = np.flatnonzero(written) if hvg_cols is not None else np.flatnonzero(plan.cells)
@@ -448,6 +549,15 @@ def _write_output(
                 out, result, {k: np.asarray(v)[rows_out] for k, v in obsm.items()}, writer
             )
     return result
+
+
+def _drop_unused_categories(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without categories that no row has, as anndata's subsetting leaves it."""
+    df = df.copy()
+    for key in df.columns:
+        if isinstance(df[key].dtype, pd.CategoricalDtype):
+            df[key] = df[key].cat.remove_unused_categories()
+    return df
 
 
 def _append_counts(
@@ -486,7 +596,11 @@ def _write_elements(
 
 
 def _plot(
-    meta: anndata.AnnData, stats: _CellStats, qc_plot: str | os.PathLike, settings: dict[str, Any]
+    meta: anndata.AnnData,
+    stats: _CellStats,
+    qc_plot: str | os.PathLike,
+    settings: dict[str, Any],
+    batch_key: str | None,
 ) -> None:
     from scvae.plotting.qc import plot_qc
 
@@ -497,4 +611,5 @@ def _plot(
         thresholds=settings,
         mito_prefix=settings["mito_prefix"],
         cell_metrics=(stats.totals, stats.n_genes, fraction),
+        batch_key=batch_key,
     )

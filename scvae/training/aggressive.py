@@ -70,8 +70,8 @@ def encoder_batches(loader: CountBatches, epoch: int, device: torch.device) -> I
 
     Yields
     ------
-    torch.Tensor
-        Dense count batches.
+    tuple
+        ``(x, codes)`` as :meth:`scvae.data.loaders.CountBatches.epoch` yields them.
     """
     shuffle = _SEED_STRIDE * (epoch + 1)
     while True:
@@ -82,7 +82,7 @@ def encoder_batches(loader: CountBatches, epoch: int, device: torch.device) -> I
 def encoder_steps(
     module: VAE,
     elbo: FreeBitsELBO,
-    batches: Iterator[torch.Tensor],
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor | None]],
     weight: float,
     optimizer,
     cfg: TrainConfig,
@@ -111,8 +111,8 @@ def encoder_steps(
     params = module.inference_parameters()
     losses: list[float] = []
     for _ in range(cfg.aggressive_steps):
-        x = next(batches)
-        loss = elbo.loss_from_terms(elbo.terms(module.model, module.guide, x, weight))
+        x, c = next(batches)
+        loss = elbo.loss_from_terms(elbo.terms(module.model, module.guide, x, c, weight))
         if not torch.isfinite(loss):
             return
         optimizer_step(loss, params, optimizer, cfg.clip_norm)
@@ -121,7 +121,13 @@ def encoder_steps(
             return
 
 
-def validation_mi(module: VAE, X: sp.csr_matrix, rows: np.ndarray, batch_size: int) -> float:
+def validation_mi(
+    module: VAE,
+    X: sp.csr_matrix,
+    rows: np.ndarray,
+    batch_size: int,
+    covariates: np.ndarray | None = None,
+) -> float:
     """Mutual information ``I(x; z)`` (nats) of the posterior means and scales of ``rows``.
 
     Parameters
@@ -134,13 +140,15 @@ def validation_mi(module: VAE, X: sp.csr_matrix, rows: np.ndarray, batch_size: i
         The cells to encode.
     batch_size
         Cells encoded at once.
+    covariates
+        Covariate codes of every row of ``X`` (None without covariates).
 
     Returns
     -------
     float
         The estimate of :func:`scvae.diagnostics.mi.mutual_information`.
     """
-    loc, scale = encode(module, X, batch_size, rows)
+    loc, scale = encode(module, X, batch_size, rows, covariates)
     return float(mutual_information(loc, scale, n_samples_per_dim=200)["mi"])
 
 
@@ -151,6 +159,7 @@ def update_aggressive_phase(
     rows: np.ndarray,
     batch_size: int,
     epoch: int,
+    covariates: np.ndarray | None = None,
 ) -> None:
     """After an aggressive epoch, end the phase for good once the code's MI stops rising.
 
@@ -158,13 +167,13 @@ def update_aggressive_phase(
     ----------
     state
         Training progress: ``aggressive`` and ``best_val_mi`` are updated.
-    module, X, rows, batch_size
+    module, X, rows, batch_size, covariates
         As for :func:`validation_mi` (``rows``: the validation cells, or the training
         cells when there are none).
     epoch
         The epoch just trained (0-based), for the log.
     """
-    mi = validation_mi(module, X, rows, batch_size)
+    mi = validation_mi(module, X, rows, batch_size, covariates)
     if mi <= state.best_val_mi:
         state.aggressive = False
         log.info("aggressive phase ends after epoch %d (MI %.3f nats)", epoch + 1, mi)

@@ -30,14 +30,14 @@ def check_calibration(module: VAE) -> None:
     Raises
     ------
     ValueError
-        Unless the module learns one inverse dispersion per gene (likelihood nb or
-        zinb, theta 0, dispersion gene).
+        Unless the module learns one inverse dispersion per gene (or per gene and
+        batch): likelihood nb or zinb, theta 0, dispersion gene or gene-batch.
     """
     c = module.config
-    if c.likelihood == "poisson" or c.theta > 0 or c.dispersion != "gene":
+    if c.likelihood == "poisson" or c.theta > 0 or c.dispersion not in ("gene", "gene-batch"):
         raise ValueError(
             "training setting calibrated_dispersion=True needs a learned per-gene dispersion "
-            f"(likelihood nb or zinb, theta 0, dispersion gene); got likelihood="
+            f"(likelihood nb or zinb, theta 0, dispersion gene or gene-batch); got likelihood="
             f"{c.likelihood!r}, theta={c.theta}, dispersion={c.dispersion!r}"
         )
 
@@ -56,26 +56,43 @@ def freeze_dispersion(module: VAE) -> None:
     module.px_log_theta.requires_grad_(False)
 
 
-def calibrate_dispersion(module: VAE, x: torch.Tensor) -> None:
+def _moment_log_theta(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Log of the clipped moment estimate of theta per gene over the rows of ``x``."""
+    excess = ((x - mu) ** 2 - mu).mean(0)
+    moment = (mu**2).mean(0) / excess.clamp(min=1e-12)
+    return moment.clamp(*THETA_RANGE).log()
+
+
+def calibrate_dispersion(module: VAE, x: torch.Tensor, c: torch.Tensor | None = None) -> None:
     """Move log theta towards its per-gene moment estimate given the current decoder.
 
     The estimate is ``mean(mu^2) / mean((x - mu)^2 - mu)`` over the minibatch, with
     ``mu`` the decoder's means at the posterior means, clipped to :data:`THETA_RANGE`;
-    log theta moves :data:`CALIBRATION_RATE` of the way to its log.
+    log theta moves :data:`CALIBRATION_RATE` of the way to its log. With one theta per
+    gene and batch (``dispersion="gene-batch"``) each batch category with at least 2
+    cells in the minibatch moves its own row towards the estimate over its cells; the
+    other rows stay.
 
     Parameters
     ----------
     module
-        The VAE (with a per-gene ``px_log_theta``), updated in place.
+        The VAE (with a per-gene or per-gene-and-batch ``px_log_theta``), updated in place.
     x
         The minibatch's counts.
+    c
+        The minibatch's covariate codes (cells x covariates; None without covariates).
     """
     with torch.no_grad():
-        q = module.inference(x)
+        q = module.inference(x, c)
         library = q["ql"].loc.exp() if q["ql"] is not None else module.library(x)
-        mu = module.generative(q["qz"].loc, library, x)["log_mu"].exp()
-        excess = ((x - mu) ** 2 - mu).mean(0)
-        moment = (mu**2).mean(0) / excess.clamp(min=1e-12)
-        estimate = moment.clamp(*THETA_RANGE).log()
+        mu = module.generative(q["qz"].loc, library, x, c)["log_mu"].exp()
         log_theta = module.px_log_theta
-        log_theta.lerp_(estimate, CALIBRATION_RATE)
+        if not module.theta_per_batch:
+            log_theta.lerp_(_moment_log_theta(x, mu), CALIBRATION_RATE)
+            return
+        batch = c[:, 0]
+        for b in torch.unique(batch).tolist():
+            cells = batch == b
+            # One cell gives no variance estimate.
+            if int(cells.sum()) >= 2:
+                log_theta[b].lerp_(_moment_log_theta(x[cells], mu[cells]), CALIBRATION_RATE)

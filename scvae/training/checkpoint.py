@@ -8,11 +8,13 @@ as an uninterrupted run; any other checkpoint is ignored, loudly.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from scvae.module.config import VAEConfig
@@ -75,6 +77,8 @@ def training_hash(
     nnz: int,
     module: VAE,
     block_size: int | None,
+    covariates: np.ndarray | None = None,
+    categories: dict[str, list[str]] | None = None,
 ) -> str:
     """Hash of everything that decides what a training run computes.
 
@@ -88,6 +92,10 @@ def training_hash(
         The freshly built network: the shapes of its parameters count too.
     block_size
         Rows per shuffled block of counts on disk (None: counts in memory).
+    covariates, categories
+        The covariate codes of every cell and the categories they stand for, of a
+        conditional model (None: an unconditional one): a checkpoint of other batch
+        assignments is not resumed.
 
     Returns
     -------
@@ -101,6 +109,10 @@ def training_hash(
     parts = [model_cfg.to_dict(), hashed, list(shape), int(nnz), shapes]
     if block_size is not None:
         parts.append({"block_size": block_size})
+    if covariates is not None:
+        codes = np.ascontiguousarray(covariates, dtype=np.int64)
+        digest = hashlib.sha256(codes.tobytes()).hexdigest()
+        parts.append({"covariates": [list(codes.shape), digest], "categories": categories})
     return settings_hash(*parts)
 
 

@@ -30,7 +30,7 @@ from scvae.data.checks import check_counts_chunked
 from scvae.data.loaders import BLOCK_SIZE, CountBatches, counts_matrix
 from scvae.data.ondisk import is_ondisk, row_sums
 from scvae.errors import InputError, TrainingError
-from scvae.model import SCVAE
+from scvae.model import SCVAE, covariate_categories, covariate_codes
 from scvae.module.config import VAEConfig
 from scvae.module.vae import VAE
 from scvae.training.aggressive import (
@@ -113,6 +113,9 @@ class TrainingRun:
         The checkpoint file (None: no checkpoints).
     state
         Progress so far (restored from the checkpoint when resuming).
+    covariates
+        Covariate codes of every cell (cells x covariates, the batch first) of a
+        conditional model; None for an unconditional one.
     """
 
     X: sp.csr_matrix
@@ -129,11 +132,14 @@ class TrainingRun:
     run_hash: str
     checkpoint: Path | None
     state: TrainState
+    covariates: np.ndarray | None = None
 
 
 def train(
     adata: AnnData,
     *,
+    batch_key: str | None = None,
+    covariate_keys: tuple[str, ...] | list[str] = (),
     layer: str | None = "counts",
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
@@ -146,6 +152,12 @@ def train(
     ----------
     adata
         Cells x genes with raw integer counts in ``layers[layer]`` (or ``X``).
+    batch_key
+        obs column of each cell's batch (sample, plate, donor, ...); None: no batch.
+    covariate_keys
+        obs columns of other categorical covariates. With ``condition_on_batch`` (the
+        default) the model is conditioned on the batch and these (a conditional VAE);
+        their categories, sorted, are recorded in :attr:`SCVAE.categories`.
     layer
         Layer holding the counts.
     checkpoint_dir
@@ -168,7 +180,8 @@ def train(
     Raises
     ------
     InputError
-        If the counts are not raw counts or there are fewer than :data:`MIN_CELLS` cells.
+        If the counts are not raw counts, there are fewer than :data:`MIN_CELLS` cells,
+        or a batch or covariate column is missing or has empty values.
     ValueError
         If a setting is unknown, of the wrong type or out of range (the message names it).
     TrainingError
@@ -177,7 +190,20 @@ def train(
     if source is None:
         source = f"AnnData layer {layer!r}" if layer in adata.layers else "AnnData X"
     X = _checked_counts(adata, layer, source)
-    run = build_run(X, settings, checkpoint_dir)
+    keys = ([batch_key] if batch_key is not None else []) + list(covariate_keys)
+    # Checked even when unused (condition_on_batch false): a typo should not pass silently.
+    categories = covariate_categories(adata, keys, source=source)
+    if not settings.get("condition_on_batch", True):
+        categories = {}
+    covariates = covariate_codes(adata, categories, source=source)
+    run = build_run(
+        X,
+        settings,
+        checkpoint_dir,
+        covariates=covariates,
+        categories=categories,
+        has_batch=batch_key is not None,
+    )
     log.info(
         "training on %d cells (%d validation), %d genes, %d steps/epoch, device %s",
         len(run.train_idx),
@@ -210,7 +236,7 @@ def train(
             break
     bar.close()
     run.module.eval()
-    return _fitted_model(run, adata)
+    return _fitted_model(run, adata, batch_key, tuple(covariate_keys), categories)
 
 
 def _checked_counts(adata: AnnData, layer: str | None, source: str) -> sp.csr_matrix:
@@ -227,7 +253,13 @@ def _checked_counts(adata: AnnData, layer: str | None, source: str) -> sp.csr_ma
 
 
 def build_run(
-    X: sp.csr_matrix, settings: dict, checkpoint_dir: str | os.PathLike | None
+    X: sp.csr_matrix,
+    settings: dict,
+    checkpoint_dir: str | os.PathLike | None,
+    *,
+    covariates: np.ndarray | None = None,
+    categories: dict[str, list[str]] | None = None,
+    has_batch: bool = False,
 ) -> TrainingRun:
     """Everything a training run needs before its first epoch; resumed when it can be.
 
@@ -239,13 +271,26 @@ def build_run(
         Flat model and training settings.
     checkpoint_dir
         Where the checkpoint lives (None: no checkpoints).
+    covariates
+        Codes of the covariates the model is conditioned on, cells x covariates (the
+        batch first); None: an unconditional model.
+    categories
+        Column -> categories of those covariates (their count sizes the one-hot codes).
+    has_batch
+        Whether the first covariate is the batch (per-batch library prior and
+        dispersion).
 
     Returns
     -------
     TrainingRun
         The run, with its state restored from a checkpoint of the same run if any.
     """
-    model_cfg, cfg = split_settings(settings, X.shape[1])
+    categories = categories or {}
+    if (covariates is None) != (not categories):
+        raise ValueError("covariates and categories go together")
+    n_categories = tuple(len(v) for v in categories.values())
+    n_batch = n_categories[0] if has_batch and n_categories else 0
+    model_cfg, cfg = split_settings(settings, X.shape[1], n_categories, n_batch)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -253,13 +298,23 @@ def build_run(
     pyro.set_rng_seed(cfg.seed)
 
     train_idx, val_idx = split_cells(X.shape[0], cfg.val_fraction, cfg.seed)
-    module = _build_module(model_cfg, X, train_idx, device)
+    module = _build_module(model_cfg, X, train_idx, device, covariates)
     # Counts on disk are shuffled by blocks of rows (see CountBatches): far fewer reads.
     block_size = BLOCK_SIZE if is_ondisk(X) else None
     train_loader = CountBatches(
-        X, train_idx, cfg.batch_size, shuffle=True, seed=cfg.seed, block_size=block_size
+        X,
+        train_idx,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        block_size=block_size,
+        covariates=covariates,
     )
-    val_loader = CountBatches(X, val_idx, max(cfg.batch_size, 1024)) if len(val_idx) else None
+    val_loader = (
+        CountBatches(X, val_idx, max(cfg.batch_size, 1024), covariates=covariates)
+        if len(val_idx)
+        else None
+    )
 
     if cfg.calibrated_dispersion:
         freeze_dispersion(module)
@@ -276,7 +331,9 @@ def build_run(
         n_cycles=cfg.n_cycles,
         ratio=cfg.cycle_ratio,
     )
-    run_hash = training_hash(model_cfg, cfg, X.shape, X.nnz, module, block_size)
+    run_hash = training_hash(
+        model_cfg, cfg, X.shape, X.nnz, module, block_size, covariates, categories or None
+    )
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt is not None:
         # A kill while a checkpoint was being written leaves its temporary file behind.
@@ -297,19 +354,31 @@ def build_run(
         run_hash=run_hash,
         checkpoint=ckpt,
         state=state,
+        covariates=covariates,
     )
 
 
 def _build_module(
-    model_cfg: VAEConfig, X: sp.csr_matrix, train_idx: np.ndarray, device: torch.device
+    model_cfg: VAEConfig,
+    X: sp.csr_matrix,
+    train_idx: np.ndarray,
+    device: torch.device,
+    covariates: np.ndarray | None = None,
 ) -> VAE:
-    """The network, with the library prior of the training cells."""
+    """The network, with the library prior of the training cells (per batch with a batch)."""
     log_lib = np.log(np.maximum(row_sums(X, train_idx), 1.0))
-    return VAE(
-        model_cfg,
-        library_log_mean=float(log_lib.mean()),
-        library_log_scale=float(max(log_lib.std(), 1e-3)),
-    ).to(device)
+    mean, scale = float(log_lib.mean()), float(max(log_lib.std(), 1e-3))
+    if model_cfg.n_batch == 0:
+        return VAE(model_cfg, library_log_mean=mean, library_log_scale=scale).to(device)
+    # scVI's per-batch prior; a batch with fewer than 2 training cells has no spread of
+    # its own and takes the prior of all cells.
+    batch = covariates[train_idx, 0]
+    means, scales = [mean] * model_cfg.n_batch, [scale] * model_cfg.n_batch
+    for b in range(model_cfg.n_batch):
+        values = log_lib[batch == b]
+        if len(values) >= 2:
+            means[b], scales[b] = float(values.mean()), float(max(values.std(), 1e-3))
+    return VAE(model_cfg, library_log_mean=means, library_log_scale=scales).to(device)
 
 
 def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, float]:
@@ -340,8 +409,8 @@ def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, flo
     n = 0
     run.module.train()
     inner = encoder_batches(run.train_loader, epoch, run.device) if aggressive else None
-    for x in run.train_loader.epoch(epoch, run.device):
-        loss, t = _train_step(run, x, epoch, inner)
+    for x, c in run.train_loader.epoch(epoch, run.device):
+        loss, t = _train_step(run, x, c, epoch, inner)
         with torch.no_grad():
             b = x.shape[0]
             kl = t.kl_per_dim.sum(-1) + t.kl_other
@@ -357,14 +426,18 @@ def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, flo
 
 
 def _train_step(
-    run: TrainingRun, x: torch.Tensor, epoch: int, inner: Iterator[torch.Tensor] | None
+    run: TrainingRun,
+    x: torch.Tensor,
+    c: torch.Tensor | None,
+    epoch: int,
+    inner: Iterator[tuple[torch.Tensor, torch.Tensor | None]] | None,
 ) -> tuple[torch.Tensor, ElboTerms]:
-    """One step on the minibatch ``x`` (after the encoder's steps on ``inner``, if given)."""
+    """One step on the minibatch ``x`` (codes ``c``), after the encoder's steps on ``inner``."""
     module, cfg, state, optimizer = run.module, run.cfg, run.state, run.optimizer
     weight = run.schedule(state.step)
     if inner is not None:
         encoder_steps(module, run.elbo, inner, weight, optimizer, cfg)
-    t = run.elbo.terms(module.model, module.guide, x, weight)
+    t = run.elbo.terms(module.model, module.guide, x, c, weight)
     loss = run.elbo.loss_from_terms(t)
     if not torch.isfinite(loss):
         raise TrainingError(
@@ -382,7 +455,7 @@ def _train_step(
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_norm)
         optimizer.step()
     if cfg.calibrated_dispersion:
-        calibrate_dispersion(module, x)
+        calibrate_dispersion(module, x, c)
     state.step += 1
     return loss, t
 
@@ -409,7 +482,9 @@ def end_epoch(
     val = _evaluate(run.module, run.elbo, run.val_loader, run.device) if run.val_loader else {}
     if aggressive:
         rows = run.val_idx if len(run.val_idx) else run.train_idx
-        update_aggressive_phase(state, run.module, run.X, rows, max(cfg.batch_size, 1024), epoch)
+        update_aggressive_phase(
+            state, run.module, run.X, rows, max(cfg.batch_size, 1024), epoch, run.covariates
+        )
     state.seconds += time.perf_counter() - started
     state.epoch = epoch + 1
     state.history.append(
@@ -441,8 +516,8 @@ def _evaluate(
     sums = np.zeros(3)
     n = 0
     with torch.no_grad():
-        for x in loader.epoch(0, device):
-            t = elbo.terms(module.model, module.guide, x, 1.0)
+        for x, c in loader.epoch(0, device):
+            t = elbo.terms(module.model, module.guide, x, c, 1.0)
             kl = t.kl_per_dim.sum(-1) + t.kl_other
             sums += [t.elbo.sum().item(), t.recon.sum().item(), kl.sum().item()]
             n += x.shape[0]
@@ -466,8 +541,14 @@ def _update_early_stopping(state: TrainState, cfg: TrainConfig, val_elbo: float)
         log.info("early stopping after epoch %d (val ELBO %.2f)", state.epoch, val_elbo)
 
 
-def _fitted_model(run: TrainingRun, adata: AnnData) -> SCVAE:
-    """The fitted model with its history, summary and each cell's split."""
+def _fitted_model(
+    run: TrainingRun,
+    adata: AnnData,
+    batch_key: str | None,
+    covariate_keys: tuple[str, ...],
+    categories: dict[str, list[str]],
+) -> SCVAE:
+    """The fitted model with its history, summary, each cell's split and its covariates."""
     state = run.state
     history = pd.DataFrame(state.history)
     final = state.history[-1] if state.history else {}
@@ -487,4 +568,14 @@ def _fitted_model(run: TrainingRun, adata: AnnData) -> SCVAE:
     }
     split = np.full(run.X.shape[0], "train", dtype=object)
     split[run.val_idx] = "validation"
-    return SCVAE(run.module, run.cfg, list(map(str, adata.var_names)), history, summary, split)
+    return SCVAE(
+        run.module,
+        run.cfg,
+        list(map(str, adata.var_names)),
+        history,
+        summary,
+        split,
+        batch_key=batch_key,
+        covariate_keys=covariate_keys,
+        categories=categories,
+    )

@@ -12,7 +12,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from scvae.module.vae import MIN_KL_WEIGHT, VAE
+from scvae.module.vae import MIN_KL_WEIGHT, VAE, check_codes
 
 
 @dataclass
@@ -168,16 +168,19 @@ class FreeBitsELBO(ELBO):
         return loss.item()
 
 
-def _vae_terms(module: VAE, x: torch.Tensor, kl_weight: float = 1.0) -> ElboTerms:
+def _vae_terms(
+    module: VAE, x: torch.Tensor, c: torch.Tensor | None = None, kl_weight: float = 1.0
+) -> ElboTerms:
     """:meth:`FreeBitsELBO.terms` of ``module.model`` / ``module.guide``, without tracing.
 
-    Mirrors the two programs statement by statement: the guide's draws (``z``, then the
-    log library) in the same order from the same distributions, the same prior objects,
-    and the same KL and log-density calls, so every number is bit-identical to the
-    traced evaluation.
+    Mirrors the two programs statement by statement (same signature): the guide's draws
+    (``z``, then the log library) in the same order from the same distributions, the
+    same prior objects, and the same KL and log-density calls, so every number is
+    bit-identical to the traced evaluation.
     """
+    check_codes(c)
     n = x.shape[0]
-    q = module.inference(x)
+    q = module.inference(x, c)
     qz = dist.Normal(q["qz"].loc, q["qz"].scale)
     z = qz.rsample()
     kl_per_dim = kl_divergence(qz, dist.Normal(0.0, x.new_ones(())).expand([n, module.n_latent]))
@@ -185,12 +188,12 @@ def _vae_terms(module: VAE, x: torch.Tensor, kl_weight: float = 1.0) -> ElboTerm
     if module.config.library == "latent":
         ql = dist.Normal(q["ql"].loc, q["ql"].scale)
         log_l = ql.rsample()
-        prior_l = dist.Normal(module.library_log_mean, module.library_log_scale).expand([n, 1])
+        prior_l = module.library_prior(n, c)
         kl_other = kl_other + kl_divergence(ql, prior_l).sum(-1)
         library = log_l.exp()
     else:
         library = module.library(x)
-    px = module.generative(z, library, x)["px"]
+    px = module.generative(z, library, x, c)["px"]
     recon = 0.0 + 1.0 * n / n * px.to_event(1).log_prob(x)
     kl_other = torch.as_tensor(kl_other, dtype=kl_per_dim.dtype).expand(kl_per_dim.shape[:-1])
     # The scale Pyro puts on the z site: poutine.scale's, then the plate's size / size.

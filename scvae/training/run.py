@@ -8,7 +8,7 @@ import os
 import pandas as pd
 
 from scvae.data.h5ad import read_h5ad, write_h5ad
-from scvae.model import SCVAE
+from scvae.model import SCVAE, recorded_covariates
 from scvae.training.loop import train
 from scvae.utils.atomic import atomic_path, remove_stale_temps
 from scvae.utils.provenance import versions
@@ -27,9 +27,15 @@ def run_train(
 ) -> SCVAE:
     """Train on a preprocessed h5ad and write the model, the history and the latent AnnData.
 
+    The batch and the covariates are those the preprocessing stage recorded
+    (``uns["scvae"]["preprocess"]["batch_key"]`` and ``["covariate_keys"]``); the model is
+    conditioned on them unless ``condition_on_batch`` is false.
+
     The latent AnnData is the input plus ``obsm["X_scvae"]`` (posterior means),
     ``obsm["X_scvae_scale"]`` (posterior standard deviations), ``obs["scvae_split"]``
-    (train / validation) and ``uns["scvae"]["train"]`` (settings, summary, versions).
+    (train / validation) and ``uns["scvae"]["train"]`` (settings, summary, versions,
+    ``batch_key`` when there is a batch, ``covariate_keys`` and the ``categories`` the
+    model is conditioned on).
 
     Parameters
     ----------
@@ -54,8 +60,14 @@ def run_train(
     # Large files stay on disk (scvae.data.ondisk.backed_min_bytes): memory bounded by batches.
     adata = read_h5ad(input_h5ad, backed=None)
     where = "layers['counts']" if "counts" in adata.layers else "X"
+    batch_key, covariate_keys = recorded_covariates(adata)
     model = train(
-        adata, checkpoint_dir=checkpoint_dir, source=f"{input_h5ad} ({where})", **settings
+        adata,
+        batch_key=batch_key,
+        covariate_keys=covariate_keys,
+        checkpoint_dir=checkpoint_dir,
+        source=f"{input_h5ad} ({where})",
+        **settings,
     )
     model.save(model_out)
     with atomic_path(history_out) as tmp:
@@ -64,12 +76,17 @@ def run_train(
     adata.obsm["X_scvae"] = loc
     adata.obsm["X_scvae_scale"] = scale
     adata.obs["scvae_split"] = pd.Categorical(model.split, categories=["train", "validation"])
-    adata.uns.setdefault("scvae", {})["train"] = {
+    record = {
         "model": model.module.config.to_dict(),
         "training": model.train_config.to_dict(),
         "summary": model.summary,
         "versions": versions(),
+        "covariate_keys": list(model.covariate_keys),
+        "categories": model.categories,
     }
+    if model.batch_key is not None:  # h5ad cannot store None
+        record["batch_key"] = model.batch_key
+    adata.uns.setdefault("scvae", {})["train"] = record
     write_h5ad(adata, latent_out)
     log.info(
         "wrote %s, %s and %s (obsm['X_scvae'], obsm['X_scvae_scale'])",

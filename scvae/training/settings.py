@@ -8,7 +8,7 @@ import numbers
 import typing
 from dataclasses import asdict, dataclass, fields
 
-from scvae.module.config import VAEConfig
+from scvae.module.config import DATA_FIELDS, VAEConfig
 from scvae.training.schedules import SCHEDULES
 
 
@@ -53,7 +53,8 @@ class TrainConfig:
         "calibrated decoder", Rybkin et al. 2021). A dispersion learned by small steps
         lags behind the fit; started far too large it mutes the reconstruction term
         and the code collapses before it recovers (the vicious cycle). Needs
-        ``dispersion: gene`` and a learned NB/ZINB dispersion.
+        ``dispersion: gene`` (or ``gene-batch``: each batch's row from its cells in the
+        minibatch) and a learned NB/ZINB dispersion.
     val_fraction
         Share of cells held out for validation and early stopping.
     early_stopping, patience, min_delta
@@ -135,7 +136,7 @@ class TrainConfig:
         return asdict(self)
 
 
-MODEL_KEYS = frozenset(f.name for f in fields(VAEConfig)) - {"n_input"}
+MODEL_KEYS = frozenset(f.name for f in fields(VAEConfig)) - set(DATA_FIELDS)
 TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 
 
@@ -148,24 +149,30 @@ def default_settings() -> dict:
     Returns
     -------
     dict
-        Flat settings: :class:`~scvae.module.config.VAEConfig` (except ``n_input``) and
-        :class:`TrainConfig` fields with their default values.
+        Flat settings: :class:`~scvae.module.config.VAEConfig` (except the fields set
+        from the data, :data:`~scvae.module.config.DATA_FIELDS`) and :class:`TrainConfig`
+        fields with their default values.
     """
-    out = {f.name: f.default for f in fields(VAEConfig) if f.name != "n_input"}
+    out = {f.name: f.default for f in fields(VAEConfig) if f.name not in DATA_FIELDS}
     out.update({f.name: f.default for f in fields(TrainConfig)})
     return out
 
 
-def split_settings(settings: dict, n_input: int) -> tuple[VAEConfig, TrainConfig]:
+def split_settings(
+    settings: dict, n_input: int, n_categories: tuple[int, ...] = (), n_batch: int = 0
+) -> tuple[VAEConfig, TrainConfig]:
     """Split flat settings into the model's and the training's, rejecting unknown keys.
 
     Parameters
     ----------
     settings
-        Keys of :class:`~scvae.module.VAEConfig` (except ``n_input``) and
-        :class:`TrainConfig`.
+        Keys of :class:`~scvae.module.VAEConfig` (except the fields set from the data)
+        and :class:`TrainConfig`.
     n_input
         Number of genes.
+    n_categories, n_batch
+        Categories of each covariate of the data (the batch first) and of the batch (0:
+        none); the model takes them only when ``condition_on_batch`` is true.
 
     Returns
     -------
@@ -186,7 +193,10 @@ def split_settings(settings: dict, n_input: int) -> tuple[VAEConfig, TrainConfig
         )
     for key, value in settings.items():
         _check_type(key, value)
-    model = VAEConfig(n_input=n_input, **{k: v for k, v in settings.items() if k in MODEL_KEYS})
+    model_settings = {k: v for k, v in settings.items() if k in MODEL_KEYS}
+    if model_settings.get("condition_on_batch", True):
+        model_settings.update(n_categories=tuple(n_categories), n_batch=int(n_batch))
+    model = VAEConfig(n_input=n_input, **model_settings)
     train = TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_KEYS})
     return model, train
 

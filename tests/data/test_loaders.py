@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from scvae.data.loaders import CountBatches
@@ -20,10 +21,26 @@ def test_block_shuffle_covers_every_row_once_and_reads_windows(h5_counts):
     assert [b.tolist() for b in batches] != [b.tolist() for b in loader.batches(1)]
     dense = list(loader.epoch(0))
     mem = CountBatches(a.X, idx, 50, shuffle=True, seed=1, block_size=40, window_blocks=3)
-    for got, want in zip(dense, mem.epoch(0), strict=True):
+    for (got, codes), (want, _) in zip(dense, mem.epoch(0), strict=True):
         assert torch.equal(got, want)
+        assert codes is None
     # Without block_size the order is the in-memory loader's, as before.
     plain = CountBatches(X, idx, 50, shuffle=True, seed=1)
     assert [b.tolist() for b in plain.batches(0)] == [
         b.tolist() for b in CountBatches(a.X, idx, 50, shuffle=True, seed=1).batches(0)
     ]
+
+
+def test_covariate_codes_travel_with_their_rows(h5_counts):
+    path, a = h5_counts
+    idx = np.arange(0, 700, 3)
+    codes = np.stack([np.arange(700) % 4, np.arange(700) // 100], 1)
+    for X, block in ((a.X, None), (H5CSR.open(path), 40)):
+        loader = CountBatches(X, idx, 32, shuffle=True, seed=2, block_size=block, covariates=codes)
+        for rows, (x, c) in zip(loader.batches(0), loader.epoch(0), strict=True):
+            assert c.dtype == torch.int64 and torch.equal(c, torch.as_tensor(codes[rows]))
+            assert torch.equal(x, torch.as_tensor(a.X[rows].toarray()))
+    with pytest.raises(ValueError, match="one row per row of the counts"):
+        CountBatches(a.X, idx, 32, covariates=codes[:10])
+    with pytest.raises(ValueError, match="non-negative integer codes"):
+        CountBatches(a.X, idx, 32, covariates=codes - 1)

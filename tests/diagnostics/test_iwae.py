@@ -103,10 +103,10 @@ def test_count_log_likelihood_matches_distribution(config, tiny_vae, tiny_counts
     )
 
 
-def _pyro_log_weights(module, x, eps):
+def _pyro_log_weights(module, x, eps, c=None):
     """log p(x, w) - log q(w | x) from Pyro traces of the module's model and guide."""
     d = module.n_latent
-    inf = module.inference(x)
+    inf = module.inference(x, c)
     qz, ql = inf["qz"], inf["ql"]
     out = []
     for e in eps:
@@ -116,7 +116,7 @@ def _pyro_log_weights(module, x, eps):
             log_l = ql.loc + ql.scale * e[:, d:]
             data["l"] = log_l
             log_q = log_q + ql.log_prob(log_l).sum(-1)
-        trace = poutine.trace(poutine.condition(module.model, data=data)).get_trace(x)
+        trace = poutine.trace(poutine.condition(module.model, data=data)).get_trace(x, c)
         trace.compute_log_prob()
         log_p = sum(site["log_prob"] for site in trace.nodes.values() if site["type"] == "sample")
         out.append(log_p - log_q)
@@ -150,3 +150,65 @@ def test_iwae_log_likelihood_matches_pyro_model(config, tiny_vae, tiny_counts):
     assert got["elbo"] <= got["iwae_ll_per_cell"]
     assert got["elbo"] == pytest.approx(got["recon"] - got["kl"])
     assert not module.training
+
+
+CONDITIONAL = {"n_categories": (3, 2), "n_batch": 3}
+
+
+def _codes(n_cells):
+    return np.stack([np.arange(n_cells) % 3, np.arange(n_cells) // 3 % 2], 1)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"dispersion": "gene-batch"}, {"dispersion": "gene-batch", "likelihood": "zinb"}],
+    ids=["nb", "gene-batch", "zinb-gene-batch"],
+)
+def test_count_log_likelihood_of_a_conditional_model_matches_distribution(
+    config, tiny_vae, tiny_counts
+):
+    module = tiny_vae(**CONDITIONAL, **config)
+    if config:
+        with torch.no_grad():  # a different dispersion for every batch
+            module.px_log_theta.add_(torch.arange(3.0, dtype=torch.float64)[:, None])
+    x = torch.tensor(tiny_counts().toarray(), dtype=torch.float64)
+    c = torch.as_tensor(_codes(x.shape[0]))
+    z = torch.randn(
+        4, x.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    out = module.generative(z, module.library(x), x, c)
+    expected = out["px"].log_prob(x).sum(-1)
+    torch.testing.assert_close(
+        count_log_likelihood(module, x, c)(out), expected, rtol=1e-10, atol=1e-8
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"library": "latent", "dispersion": "gene-batch"}, {"encode_covariates": True}],
+    ids=["nb", "latent-library-gene-batch", "encode-covariates"],
+)
+def test_iwae_of_a_conditional_model_matches_pyro_model(config, tiny_vae, tiny_counts):
+    module = tiny_vae(**CONDITIONAL, **config)
+    with torch.no_grad():  # a library prior per batch
+        module.library_log_mean.copy_(torch.tensor([2.5, 3.0, 3.5]))
+        module.library_log_scale.copy_(torch.tensor([0.4, 0.5, 0.8]))
+    X = tiny_counts()
+    codes = _codes(X.shape[0])
+    k, seed = 16, 11
+    pyro.clear_param_store()
+    with torch.no_grad():
+        got = iwae_log_likelihood(module, X, k=k, batch_size=64, generator=seed, covariates=codes)
+        x = torch.tensor(X.toarray(), dtype=torch.float64)
+        n_w = module.n_latent + (config.get("library") == "latent")
+        eps = torch.randn(
+            (k, x.shape[0], n_w), generator=torch.Generator().manual_seed(seed), dtype=x.dtype
+        )
+        log_w = _pyro_log_weights(module, x, eps, torch.as_tensor(codes))
+        other = iwae_log_likelihood(
+            module, X, k=k, batch_size=64, generator=seed, covariates=(codes + 1) % [3, 2]
+        )
+    expected = torch.logsumexp(log_w, 0) - math.log(k)
+    np.testing.assert_allclose(got["iwae_ll"], expected.numpy(), rtol=1e-9)
+    assert got["elbo"] == pytest.approx(got["recon"] - got["kl"])
+    assert not np.allclose(other["iwae_ll"], got["iwae_ll"])

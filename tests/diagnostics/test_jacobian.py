@@ -12,8 +12,8 @@ import torch
 from scvae.diagnostics.jacobian import decoder_jacobian, kl_sensitivity_spearman
 
 
-def _fd_gram(module, loc, library, x, h=1e-6):
-    """mean_i J_i^T J_i of d log_mu / dz by central differences."""
+def _fd_gram(module, loc, library, x, h=1e-6, c=None):
+    """mean_i J_i^T J_i of d log_mu / dz by central differences (at each cell's codes)."""
     grams = []
     for i in range(loc.shape[0]):
         cols = []
@@ -23,7 +23,8 @@ def _fd_gram(module, loc, library, x, h=1e-6):
 
             def f(z, i=i):
                 xi = None if x is None else x[i : i + 1]
-                return module.generative(z, library[i : i + 1], xi)["log_mu"][0]
+                ci = None if c is None else c[i : i + 1]
+                return module.generative(z, library[i : i + 1], xi, ci)["log_mu"][0]
 
             cols.append((f(loc[i : i + 1] + step) - f(loc[i : i + 1] - step)) / (2 * h))
         J = torch.stack(cols, 1)
@@ -73,3 +74,20 @@ def test_spearman_is_nan_safe():
         assert math.isnan(kl_sensitivity_spearman([1.0], [2.0]))
         assert math.isnan(kl_sensitivity_spearman([1.0, np.nan], [2.0, 3.0]))
     assert kl_sensitivity_spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("decoder_layers", [0, 2])
+def test_a_conditional_decoders_jacobian_is_taken_at_each_cells_covariates(
+    decoder_layers, tiny_vae
+):
+    module = tiny_vae(decoder_layers=decoder_layers, n_categories=(3,), n_batch=3)
+    loc = torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    library = torch.full((9, 1), 50.0, dtype=torch.float64)
+    codes = (np.arange(9) % 3)[:, None]
+    out = decoder_jacobian(module, loc, library, n_cells=100, covariates=codes)
+    with torch.no_grad():
+        expected = _fd_gram(module, loc, library, None, c=torch.as_tensor(codes))
+    np.testing.assert_allclose(out["jtj"], expected.numpy(), rtol=1e-6, atol=1e-9)
+    if decoder_layers:  # the batch enters the hidden layers, so it changes the Jacobian
+        other = decoder_jacobian(module, loc, library, n_cells=100, covariates=(codes + 1) % 3)
+        assert not np.allclose(other["jtj"], out["jtj"])

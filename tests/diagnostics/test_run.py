@@ -21,6 +21,7 @@ from scvae.diagnostics.run import (
     write_diagnostics,
 )
 from scvae.diagnostics.verdicts import VERDICTS
+from scvae.errors import InputError
 from scvae.model import SCVAE
 from scvae.training.settings import TrainConfig
 
@@ -192,3 +193,50 @@ def test_diagnose_rejects_unknown_thresholds(trained):
     model, adata = trained
     with pytest.raises(ValueError, match="unknown verdict threshold"):
         diagnose(model, adata, thresholds={"min_information": 1.0})
+
+
+# ------------------------------------------------------------- batches
+
+
+def test_batch_in_z_on_cellbench_is_high_without_conditioning(cellbench_models):
+    adata, models = cellbench_models
+    model = models["unconditional"]
+    assert model.batch_key is None
+    # The batch column is named (the model has none), and its chance level is the share
+    # of the largest plate.
+    d = diagnose(model, adata, k_iwae=5, n_jacobian=50, n_mi=500, batch_key="batch")
+    b = d["batch_in_z"]
+    shares = adata.obs["batch"].value_counts(normalize=True)
+    assert b["chance"] == pytest.approx(shares.max()) and b["n_batches"] == 5
+    assert b["accuracy"] > 2.5 * b["chance"]  # the plates separate in z
+    assert "batch ('batch', 5 batches)" in d["verdict_reason"]
+    assert "batch_in_z" not in d["validation"]
+    # Without a batch column to read there is no batch_in_z.
+    assert "batch_in_z" not in diagnose(model, adata, k_iwae=2, n_jacobian=10, n_mi=100)
+
+
+def test_diagnose_a_conditional_model(cellbench_models, tmp_path):
+    adata, models = cellbench_models
+    model = models["conditional"]
+    d = diagnose(model, adata, k_iwae=5, n_jacobian=50, n_mi=500)
+    assert d["verdict"] in VERDICTS
+    assert d["batch_in_z"]["batch_key"] == "batch" and 0 < d["batch_in_z"]["accuracy"] <= 1
+    assert np.isfinite(d["iwae_ll_per_cell"]) and d["iwae_ll_per_cell"] >= d["elbo"]
+    assert d["dispersion"]["kind"] == "gene-batch" and d["dispersion"]["n_batches"] == 5
+    assert d["settings"]["model"]["n_categories"] == [5]
+    assert d["validation"]["verdict"] in VERDICTS
+    assert _same(d, diagnose(model, adata, k_iwae=5, n_jacobian=50, n_mi=500))
+    write_diagnostics(d, tmp_path / "d.json")
+    assert _same(read_diagnostics(tmp_path / "d.json"), d)
+    # Encoding, IWAE and Jacobian read each cell's batch: other batches, other numbers.
+    shifted = adata.copy()
+    cats = model.categories["batch"]
+    shifted.obs["batch"] = (
+        shifted.obs["batch"].astype(str).map(dict(zip(cats, cats[1:] + cats[:1], strict=True)))
+    )
+    other = diagnose(model, shifted, k_iwae=5, n_jacobian=50, n_mi=500)
+    assert other["iwae_ll_per_cell"] != d["iwae_ll_per_cell"]
+    missing = adata.copy()
+    del missing.obs["batch"]
+    with pytest.raises(InputError, match="no obs column 'batch'"):
+        diagnose(model, missing, k_iwae=2, n_jacobian=10, n_mi=100)

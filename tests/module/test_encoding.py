@@ -91,3 +91,19 @@ def test_get_latent_is_encode_in_float32():
     np.testing.assert_array_equal(scale, expected[1].astype(np.float32))
     # Without the cast, float32 -> float64 is exact: the float64 values are the module's.
     np.testing.assert_array_equal(loc.astype(np.float64), expected[0])
+
+
+def test_encode_passes_each_cells_covariates():
+    module = _module(n_categories=(2,), n_batch=2, encode_covariates=True).eval()
+    X = _counts()
+    codes = np.arange(X.shape[0])[:, None] % 2
+    loc, scale = encode(module, X, batch_size=5, covariates=codes)
+    with torch.no_grad():
+        qz = module.inference(torch.tensor(X.toarray()), torch.as_tensor(codes))["qz"]
+    np.testing.assert_allclose(loc, qz.loc.double().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(scale, qz.scale.double().numpy(), rtol=1e-6, atol=1e-6)
+    rows = np.array([1, 4, 9])
+    loc_r, _ = encode(module, X, batch_size=2, rows=rows, covariates=codes)
+    np.testing.assert_allclose(loc_r, loc[rows], rtol=1e-6, atol=1e-6)
+    other, _ = encode(module, X, batch_size=5, covariates=1 - codes)
+    assert not np.allclose(other, loc)

@@ -150,6 +150,59 @@ def test_plot_umap_grid(out_dir):
     _check_png(path)
 
 
+def test_plot_umap_grid_with_batches_has_a_batch_column(out_dir):
+    adatas = {"scvi": _umap_adata(1), "pca50": _umap_adata(2), "unlabelled": _umap_adata(3, False)}
+    rng = np.random.default_rng(0)
+    for adata in adatas.values():
+        adata.obs["batch"] = pd.Categorical(rng.choice(["plate1", "plate2", "plate3"], adata.n_obs))
+    adatas["scvi"].uns["scvae"] = {"cluster": {"metrics": {"scib_batch": 0.8123}}}
+    del adatas["pca50"].obs["batch"]
+    path = out_dir / "umap_grid_batches.png"
+    fig = comparison.plot_umap_grid(adatas, path, batch_key="batch")
+    _check_png(path)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 9  # label | batch | clusters, one row per run
+    assert titles[1] == "scvi: batch (3)\nscIB batch correction = 0.812"
+    assert titles[4] == "pca50: no batches"
+    assert titles[7] == "unlabelled: batch (3)"
+    assert [t.split(":")[1].strip() for t in titles[0::3]] == [
+        "cell-type label (5)",
+        "cell-type label (5)",
+        "no labels",
+    ]
+    legends = {lg.get_title().get_text() for lg in fig.legends}
+    assert legends == {"label", "batch"}
+    # no batch key (or a column none of the data have): two columns, as before
+    no_batch = comparison.plot_umap_grid(adatas, out_dir / "umap_grid_nobatch.png")
+    assert len(no_batch.axes) == 6
+    absent = comparison.plot_umap_grid(adatas, out_dir / "umap_grid_x.png", batch_key="plate")
+    assert len(absent.axes) == 6
+
+
+def _scib_runs() -> pd.DataFrame:
+    runs = _runs()
+    rng = np.random.default_rng(1)
+    n = len(runs)
+    runs["scib_bio"] = rng.uniform(0.6, 0.9, n)
+    runs["scib_batch"] = rng.uniform(0.2, 0.8, n)
+    runs["scib_total"] = 0.6 * runs["scib_bio"] + 0.4 * runs["scib_batch"]
+    for metric in ("isolated_labels", "leiden_nmi", "kmeans_ari", "clisi"):
+        runs[f"scib_{metric}"] = rng.uniform(0.5, 1.0, n)
+    for metric in ("bras", "ilisi", "kbet", "graph_connectivity", "pcr_comparison"):
+        runs[f"scib_{metric}"] = rng.uniform(0.0, 1.0, n)
+    runs.loc[runs["status"] == "unavailable", runs.columns.str.startswith("scib_")] = np.nan
+    return runs
+
+
+def test_plot_scib_table(out_dir, tmp_path):
+    path = out_dir / "scib_table.png"
+    comparison.plot_scib_table(_scib_runs(), path)
+    _check_png(path)
+    # without scIB columns (a dataset without batches) it says so instead of failing
+    comparison.plot_scib_table(_runs(), tmp_path / "empty.png")
+    _check_png(tmp_path / "empty.png")
+
+
 def test_plot_training_curves(out_dir):
     hist = {"vanilla s0": _history(1.0), "beta0.5 s0": _history(0.6)}
     hist["no_val s0"] = _history(0.3).drop(columns="val_elbo")
@@ -171,4 +224,5 @@ def test_empty_inputs_still_draw(tmp_path):
     comparison.plot_mi_au(_runs().iloc[-2:], tmp_path / "b.png")
     comparison.plot_training_curves({}, tmp_path / "c.png")
     comparison.plot_umap_grid({}, tmp_path / "d.png")
-    assert len(list(tmp_path.glob("*.png"))) == 4
+    comparison.plot_scib_table(_runs().iloc[:0], tmp_path / "e.png")
+    assert len(list(tmp_path.glob("*.png"))) == 5

@@ -13,6 +13,7 @@ import scanpy as sc
 from scipy import sparse
 
 import scvae.preprocess.memory
+from scvae.data.batches import read_dataset
 from scvae.data.h5ad import write_h5ad
 from scvae.data.readers import read_counts
 from scvae.errors import InputError
@@ -226,3 +227,142 @@ def test_effective_settings_match_preprocess_defaults():
     settings = effective_settings(min_genes=200)
     assert set(settings) == set(FILTER_SETTINGS)
     assert settings["min_genes"] == 200 and settings["min_cells"] == 3
+
+
+# ------------------------------------------------------------------------ batches
+
+BATCH_FILES = [
+    ("cellbench_5batches_counts.h5ad", "batch", 5),
+    ("kang_ifnb_2conditions_counts.h5ad", "condition", 2),
+]
+
+
+@needs_skmisc
+@pytest.mark.parametrize(("name", "batch_key", "n_batches"), BATCH_FILES)
+def test_batch_aware_hvg_on_the_shared_files(shared_data, name, batch_key, n_batches):
+    adata = read_dataset(shared_data / name, batch_key=batch_key)
+    reference = adata.copy()
+    preprocess(adata, batch_key="batch")
+    assert adata.shape == (reference.n_obs, 2000)
+    # The genes scanpy's batch-aware seurat_v3 selects after the same gene filter.
+    sc.pp.filter_genes(reference, min_cells=3)
+    sc.pp.highly_variable_genes(
+        reference, flavor="seurat_v3", n_top_genes=2000, layer="counts", batch_key="batch"
+    )
+    selected = reference.var_names[reference.var["highly_variable"]]
+    assert set(adata.var_names) == set(selected)
+    assert adata.var["highly_variable_nbatches"].between(0, n_batches).all()
+    # Ranked per batch, the selection differs from the one on all cells pooled.
+    pooled = sc.pp.highly_variable_genes(
+        reference, flavor="seurat_v3", n_top_genes=2000, layer="counts", inplace=False
+    )
+    assert set(selected) != set(reference.var_names[pooled["highly_variable"].to_numpy()])
+    record = adata.uns["scvae"]["preprocess"]
+    assert record["batch_key"] == "batch" and record["covariate_keys"] == []
+    assert record["batch_cells"] == adata.obs["batch"].value_counts().to_dict()
+    assert len(record["batch_cells"]) == n_batches
+    assert steps(adata)["5_highly_variable_genes"]["hvg_batches"] == n_batches
+    assert_counts_in_sync(adata)
+
+
+def _with_plates(adata: anndata.AnnData, sizes: dict[str, int]) -> anndata.AnnData:
+    adata.obs["batch"] = pd.Categorical(np.repeat(list(sizes), list(sizes.values())))
+    return adata
+
+
+def _set_counts(adata: anndata.AnnData, X: np.ndarray) -> None:
+    adata.X = sparse.csr_matrix(X.astype(np.float32))
+    adata.layers["counts"] = adata.X.copy()
+
+
+@pytest.fixture
+def counts_300() -> anndata.AnnData:
+    """300 cells x 40 Poisson genes in read_counts' layout."""
+    X = sparse.csr_matrix(np.random.default_rng(1).poisson(3.0, size=(300, 40)).astype(np.float32))
+    adata = anndata.AnnData(
+        X=X,
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(300)]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(40)]),
+    )
+    adata.layers["counts"] = X.copy()
+    adata.uns["scvae"] = {"input": {"path": "plates.h5ad", "format": "h5ad"}}
+    return adata
+
+
+def test_a_batch_left_too_small_is_an_error_naming_it(counts_300):
+    adata = _with_plates(counts_300, {"p1": 150, "p2": 131, "tiny": 19})
+    with pytest.raises(
+        InputError,
+        match=r"plates\.h5ad: too few cells after step 4_drop_empty_after_filters: batch 'tiny' "
+        r"has 19 cell\(s\) left of 19 read\. Every batch needs at least 20 cells",
+    ):
+        preprocess(adata, batch_key="batch", n_top_genes=None)
+    assert adata.shape == (300, 40) and "preprocess" not in adata.uns["scvae"]
+
+
+def test_a_batch_emptied_by_the_filters_is_an_error(counts_300):
+    adata = _with_plates(counts_300, {"p1": 150, "p2": 150})
+    X = adata.X.toarray()
+    X[150:] = np.eye(150, 40)  # one detected gene per cell: min_genes=2 removes them all
+    _set_counts(adata, X)
+    with pytest.raises(InputError, match=r"batch 'p2' has 0 cell\(s\) left of 150 read"):
+        preprocess(adata, batch_key="batch", min_genes=2, n_top_genes=None)
+
+
+def test_a_batch_smaller_than_a_minibatch_warns_with_its_count(counts_300):
+    adata = _with_plates(counts_300, {"p1": 180, "p2": 100, "p3": 20})
+    with pytest.warns(UserWarning) as caught:
+        preprocess(adata, batch_key="batch", n_top_genes=None)
+    messages = [str(w.message) for w in caught if "minibatch" in str(w.message)]
+    assert len(messages) == 2
+    assert "batch 'p2' has only 100 cells, fewer than one minibatch (128 cells)" in messages[0]
+    assert "batch 'p3' has only 20 cells" in messages[1]
+    assert adata.uns["scvae"]["preprocess"]["batch_cells"] == {"p1": 180, "p2": 100, "p3": 20}
+
+
+@needs_skmisc
+@pytest.mark.filterwarnings("ignore:.*fewer than one minibatch")
+def test_a_batch_whose_variance_trend_fails_is_named(shared_data):
+    # 100 shallow Kang cells: scikit-misc's loess is singular on their few distinct means.
+    adata = read_dataset(shared_data / "kang_ifnb_2conditions_counts.h5ad", batch_key="condition")
+    stimulated = np.flatnonzero(adata.obs["batch"] == "stimulated")
+    drop = np.random.default_rng(0).choice(stimulated, stimulated.size - 100, replace=False)
+    adata = adata[~np.isin(np.arange(adata.n_obs), drop)].copy()
+    with pytest.raises(
+        InputError,
+        match=r"kang_ifnb_2conditions_counts\.h5ad: highly variable genes \(seurat_v3\): the "
+        r"loess fit of variance on mean failed in batch 'stimulated' \(100 cells, median [\d,]+ "
+        r"counts per cell: .*\)\. The fit needs more cells",
+    ):
+        preprocess(adata, batch_key="batch")
+
+
+def test_covariates_are_categorical_and_recorded(counts_300, tmp_path):
+    adata = _with_plates(counts_300, {"p1": 150, "p2": 150})
+    adata.obs["donor"] = np.tile([3, 4, 5], 100)
+    X = adata.X.toarray()
+    X[np.arange(300) % 3 == 2] = 0  # the cells of donor 5 have no counts and are dropped
+    _set_counts(adata, X)
+    with pytest.warns(UserWarning, match="minibatch"):
+        preprocess(adata, batch_key="batch", covariate_keys=["donor"], n_top_genes=None)
+    assert list(adata.obs["donor"].cat.categories) == ["3", "4"]
+    write_h5ad(adata, tmp_path / "out.h5ad")
+    back = anndata.read_h5ad(tmp_path / "out.h5ad")
+    record = back.uns["scvae"]["preprocess"]
+    assert record["batch_key"] == "batch" and list(record["covariate_keys"]) == ["donor"]
+    assert isinstance(back.obs["batch"].dtype, pd.CategoricalDtype)
+
+
+def test_no_batches_records_no_batch_key(small_counts):
+    preprocess(small_counts, n_top_genes=None)
+    record = small_counts.uns["scvae"]["preprocess"]
+    assert "batch_key" not in record and record["covariate_keys"] == []
+
+
+def test_bad_batch_and_covariate_columns(counts_300):
+    with pytest.raises(InputError, match=r"plates\.h5ad: batch_key 'batch' is not an obs column"):
+        preprocess(counts_300, batch_key="batch")
+    counts_300.obs["donor"] = np.where(np.arange(300) == 4, None, "d1")
+    with pytest.raises(InputError, match=r"covariate 'donor': 1 of 300 cells .*cell 'c4'"):
+        preprocess(counts_300, covariate_keys=["donor"])
+    assert counts_300.shape == (300, 40)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anndata
+import numpy as np
 import pytest
 
 import scvae.preprocess.run
@@ -38,3 +39,48 @@ def test_large_csr_h5ad_is_streamed_and_others_read_in_memory(small_counts, tmp_
     small_counts.write_h5ad(tmp_path / "dense.h5ad")
     run_preprocess(tmp_path / "dense.h5ad", tmp_path / "d.h5ad", tmp_path / "d.png")
     assert len(streamed) == 1 and anndata.read_h5ad(tmp_path / "d.h5ad").n_obs > 0
+
+
+def test_run_preprocess_with_samples(small_counts, tmp_path):
+    small_counts.obs["donor"] = np.tile(["d1", "d2"], 30)
+    paths = {}
+    for name, rows in (("s1", slice(0, 30)), ("s2", slice(30, 60))):
+        paths[name] = tmp_path / f"{name}.h5ad"
+        small_counts[rows].copy().write_h5ad(paths[name])
+    out, png = tmp_path / "pre.h5ad", tmp_path / "qc.png"
+    with pytest.warns(UserWarning, match="fewer than one minibatch"):
+        run_preprocess(None, out, png, samples=paths, covariates=["donor"], label_key="cell_type")
+    adata = anndata.read_h5ad(out)
+    assert adata.obs["batch"].value_counts().to_dict() == {"s1": 30, "s2": 30}
+    record = adata.uns["scvae"]["preprocess"]
+    assert record["batch_key"] == "batch" and list(record["covariate_keys"]) == ["donor"]
+    assert set(adata.uns["scvae"]["input"]["samples"]) == {"s1", "s2"}
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_large_sample_files_are_an_error(small_counts, tmp_path, monkeypatch):
+    small_counts.write_h5ad(tmp_path / "a.h5ad")
+    small_counts.write_h5ad(tmp_path / "b.h5ad")
+    monkeypatch.setenv("SCVAE_BACKED_MIN_GB", "0")
+    with pytest.raises(InputError, match=r"samples: 'a' .*streamed .*batch_key: batch"):
+        run_preprocess(
+            None, tmp_path / "o.h5ad", tmp_path / "o.png", samples={"a": tmp_path / "a.h5ad"}
+        )
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_a_large_file_streams_with_its_batches(small_counts, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        scvae.preprocess.run, "preprocess_h5ad_backed", lambda *a, **k: calls.append(k)
+    )
+    monkeypatch.setenv("SCVAE_BACKED_MIN_GB", "0")
+    small_counts.write_h5ad(tmp_path / "in.h5ad")
+    run_preprocess(
+        tmp_path / "in.h5ad",
+        tmp_path / "o.h5ad",
+        tmp_path / "o.png",
+        batch_key="cell_type",
+        covariates=["donor"],
+    )
+    assert calls[0]["batch_key"] == "cell_type" and calls[0]["covariates"] == ["donor"]

@@ -31,7 +31,7 @@ def test_encoder_steps_move_only_the_inference_network(small_counts):
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2)
     before = {n: p.detach().clone() for n, p in vae.named_parameters()}
     x = torch.as_tensor(small_counts.X.toarray())
-    batches = iter([x[:30], x[30:]] * 20)
+    batches = iter([(x[:30], None), (x[30:], None)] * 20)
     cfg = TrainConfig(aggressive_steps=7)
     encoder_steps(vae, FreeBitsELBO(), batches, 1.0, optimizer, cfg)
     inference = {id(p) for p in vae.inference_parameters()}
@@ -47,7 +47,7 @@ def test_encoder_steps_stop_at_the_step_limit(small_counts):
     vae = VAE(VAEConfig(n_input=40, n_latent=3, n_hidden=16))
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2)
     x = torch.as_tensor(small_counts.X.toarray())
-    batches = iter([x] * 10)
+    batches = iter([(x, None)] * 10)
     encoder_steps(vae, FreeBitsELBO(), batches, 1.0, optimizer, TrainConfig(aggressive_steps=3))
     assert len(list(batches)) == 7
 
@@ -71,7 +71,7 @@ def test_encoder_batches_run_on_through_reshuffled_epochs_seeded_by_the_epoch():
 
     def first(epoch, n):
         batches = encoder_batches(loader, epoch, torch.device("cpu"))
-        return [next(batches).squeeze(-1).tolist() for _ in range(n)]
+        return [next(batches)[0].squeeze(-1).tolist() for _ in range(n)]
 
     n = len(loader)
     passes = first(0, 3 * n)  # endless: beyond one epoch's batches

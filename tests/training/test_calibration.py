@@ -67,3 +67,46 @@ def test_calibrated_training_keeps_theta_out_of_the_optimizer(small_counts):
     )
     # Started at 1e-4, the dispersion follows the fit within a few steps.
     assert model.history["theta_median"].iloc[-1] > 1e-2
+
+
+def test_gene_batch_calibration_moves_each_batch_row_to_its_own_estimate(small_counts):
+    torch.manual_seed(0)
+    cfg = VAEConfig(
+        n_input=40, n_latent=3, n_hidden=16, dispersion="gene-batch", n_categories=(3,), n_batch=3
+    )
+    vae = VAE(cfg).eval()
+    freeze_dispersion(vae)
+    x = torch.as_tensor(small_counts.X.toarray())
+    # Batch 2 has a single cell: no variance estimate, its row stays.
+    batch = torch.tensor([0] * 30 + [1] * 29 + [2])
+    c = batch[:, None]
+    start = vae.px_log_theta.detach().clone()
+    calibrate_dispersion(vae, x, c)
+    with torch.no_grad():
+        loc = vae.inference(x, c)["qz"].loc
+        mu = vae.generative(loc, x.sum(-1, keepdim=True), x, c)["log_mu"].exp()
+    for b in (0, 1):
+        rows = batch == b
+        xb, mb = x[rows].double().numpy(), mu[rows].double().numpy()
+        moment = (mb**2).mean(0) / np.maximum(((xb - mb) ** 2 - mb).mean(0), 1e-12)
+        want = start[b].double().numpy() + CALIBRATION_RATE * (
+            np.log(np.clip(moment, *THETA_RANGE)) - start[b].double().numpy()
+        )
+        np.testing.assert_allclose(vae.px_log_theta[b].double().numpy(), want, atol=1e-4)
+    assert torch.equal(vae.px_log_theta[2], start[2])
+
+
+def test_calibrated_gene_batch_training_runs(two_batches):
+    model = train(
+        two_batches,
+        batch_key="batch",
+        n_latent=3,
+        n_hidden=16,
+        max_epochs=2,
+        batch_size=40,
+        dispersion="gene-batch",
+        calibrated_dispersion=True,
+        progress=False,
+    )
+    assert model.module.px_log_theta.shape == (2, 40)
+    assert not model.module.px_log_theta.requires_grad

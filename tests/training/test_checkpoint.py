@@ -180,3 +180,37 @@ def test_checkpoint_of_other_model_layers_is_not_resumed(pbmc_small, tmp_path, m
         )
     assert list(again.history["epoch"]) == [1, 2]
     assert "training from scratch" in caplog.text and "resuming from" not in caplog.text
+
+
+def test_hash_changes_with_the_covariate_codes_and_categories():
+    model_cfg = VAEConfig(n_input=12, n_latent=2, n_hidden=8, n_categories=(2,), n_batch=2)
+    module = VAE(model_cfg)
+
+    def h(codes, categories):
+        return training_hash(
+            model_cfg, TrainConfig(), (30, 12), 100, module, None, codes, categories
+        )
+
+    codes = (np.arange(30) % 2)[:, None]
+    cats = {"batch": ["a", "b"]}
+    assert h(codes, cats) == h(codes.copy(), {"batch": ["a", "b"]})
+    assert h(codes, cats) != h(1 - codes, cats)
+    assert h(codes, cats) != h(codes, {"batch": ["a", "c"]})
+    assert h(codes, cats) != _hash(model_cfg, module=module)
+
+
+def test_resume_with_the_same_codes_and_not_with_others(two_batches, tmp_path, caplog):
+    settings = dict(max_epochs=2, checkpoint_every=1, batch_key="batch", **FAST)
+    first = scvae.train(two_batches, checkpoint_dir=tmp_path, **settings)
+    with caplog.at_level("INFO", logger="scvae.training.checkpoint"):
+        again = scvae.train(two_batches, checkpoint_dir=tmp_path, **settings)
+    assert "resuming from" in caplog.text
+    np.testing.assert_array_equal(again.get_latent(two_batches), first.get_latent(two_batches))
+
+    # Other batch assignments: the checkpoint is not resumed.
+    swapped = two_batches.copy()
+    swapped.obs["batch"] = swapped.obs["batch"].cat.rename_categories({"a": "b", "b": "a"})
+    caplog.clear()
+    with caplog.at_level("INFO", logger="scvae.training.checkpoint"):
+        scvae.train(swapped, checkpoint_dir=tmp_path, **settings)
+    assert "training from scratch" in caplog.text and "resuming from" not in caplog.text

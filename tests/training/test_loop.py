@@ -130,3 +130,68 @@ def test_non_finite_loss_before_any_checkpoint_says_so(pbmc_small, tmp_path):
     assert "non-finite loss" in msg and "at epoch 1" in msg and "lr=1e+06" in msg
     assert "No checkpoint had been written yet" in msg
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------- batches and covariates
+
+
+def test_a_conditional_model_trains_on_two_batches(two_batches):
+    model = scvae.train(
+        two_batches, batch_key="batch", covariate_keys=["donor"], max_epochs=3, **FAST
+    )
+    cfg = model.module.config
+    assert cfg.n_categories == (2, 3) and cfg.n_batch == 2
+    assert model.categories == {"batch": ["a", "b"], "donor": ["d1", "d2", "d3"]}
+    assert model.batch_key == "batch" and model.covariate_keys == ("donor",)
+    assert np.isfinite(model.history[["train_elbo", "val_elbo"]].to_numpy()).all()
+    z = model.get_latent(two_batches)
+    assert z.shape == (two_batches.n_obs, 4) and np.isfinite(z).all()
+
+
+def test_the_batch_alone_and_a_per_batch_library_prior(two_batches):
+    model = scvae.train(two_batches, batch_key="batch", library="latent", max_epochs=1, **FAST)
+    assert model.module.config.n_categories == (2,)
+    log_lib = np.log(np.asarray(two_batches.X.sum(1)).ravel())
+    train_rows = model.split == "train"
+    for code, name in enumerate(model.categories["batch"]):
+        rows = train_rows & (two_batches.obs["batch"] == name).to_numpy()
+        assert model.module.library_log_mean[code].item() == pytest.approx(
+            log_lib[rows].mean(), rel=1e-5
+        )
+
+
+def test_condition_on_batch_false_trains_the_unconditional_model(two_batches):
+    settings = dict(max_epochs=2, seed=1, **FAST)
+    plain = scvae.train(two_batches, **settings)
+    ignored = scvae.train(two_batches, batch_key="batch", condition_on_batch=False, **settings)
+    assert ignored.module.config.n_categories == () and ignored.categories == {}
+    assert ignored.batch_key == "batch"  # kept for the diagnostics
+    np.testing.assert_array_equal(plain.get_latent(two_batches), ignored.get_latent(two_batches))
+
+
+def test_missing_or_empty_batch_columns_are_named(two_batches):
+    with pytest.raises(InputError, match=r"no obs column 'plate' \(the columns are \['label'"):
+        scvae.train(two_batches, batch_key="plate", max_epochs=1, **FAST)
+    with pytest.raises(InputError, match="'donor'.*given twice"):
+        scvae.train(two_batches, batch_key="donor", covariate_keys=["donor"], **FAST)
+    two_batches.obs["batch"] = two_batches.obs["batch"].astype(object)
+    two_batches.obs.iloc[:3, two_batches.obs.columns.get_loc("batch")] = np.nan
+    with pytest.raises(InputError, match="'batch' has 3 empty"):
+        scvae.train(two_batches, batch_key="batch", max_epochs=1, **FAST)
+
+
+def test_a_conditional_model_trains_on_cellbench(cellbench):
+    model = scvae.train(
+        cellbench,
+        batch_key="batch",
+        max_epochs=3,
+        decoder_layers=0,
+        dispersion="gene-batch",
+        calibrated_dispersion=True,
+        **FAST,
+    )
+    assert model.module.config.n_categories == (5,)
+    assert model.module.px_log_theta.shape == (5, cellbench.n_vars)
+    assert np.isfinite(model.history["val_elbo"]).all()
+    # The history improves: the conditional model learns.
+    assert model.history["train_elbo"].iloc[-1] > model.history["train_elbo"].iloc[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -23,7 +24,7 @@ def _counts(n=32, g=20, seed=0):
 def test_analytic_kl_matches_closed_form():
     x = _counts()
     vae = VAE(VAEConfig(n_input=x.shape[1], n_latent=3, n_hidden=8)).eval()
-    t = FreeBitsELBO().terms(vae.model, vae.guide, x, 1.0)
+    t = FreeBitsELBO().terms(vae.model, vae.guide, x, None, 1.0)
     qz = vae.inference(x)["qz"]
     expected = 0.5 * (qz.loc**2 + qz.scale**2 - 1) - qz.scale.log()
     torch.testing.assert_close(t.kl_per_dim, expected)
@@ -32,9 +33,11 @@ def test_analytic_kl_matches_closed_form():
 def test_kl_weight_is_read_from_the_poutine_scale():
     x = _counts()
     vae = VAE(VAEConfig(n_input=x.shape[1], n_latent=3, n_hidden=8))
-    assert FreeBitsELBO().terms(vae.model, vae.guide, x, 0.25).kl_weight == pytest.approx(0.25)
+    assert FreeBitsELBO().terms(vae.model, vae.guide, x, None, 0.25).kl_weight == pytest.approx(
+        0.25
+    )
     # A zero weight (start of a warm-up) is allowed and gives a ~0 KL contribution.
-    assert FreeBitsELBO().terms(vae.model, vae.guide, x, 0.0).kl_weight < 1e-10
+    assert FreeBitsELBO().terms(vae.model, vae.guide, x, None, 0.0).kl_weight < 1e-10
 
 
 def test_free_bits_mask_the_kl_gradient_of_dimensions_under_the_floor():
@@ -51,13 +54,13 @@ def test_free_bits_mask_the_kl_gradient_of_dimensions_under_the_floor():
     assert kl[0] > floor > kl[1:].max()
 
     elbo = FreeBitsELBO(free_bits=floor)
-    t = elbo.terms(vae.model, vae.guide, x, 1.0)
+    t = elbo.terms(vae.model, vae.guide, x, None, 1.0)
     kl_only = elbo.loss_from_terms(t) + t.recon.mean()  # remove the reconstruction term
     grad = torch.autograd.grad(kl_only, vae.qz_head.loc.bias)[0]
     assert grad[0].abs() > 1e-3
     torch.testing.assert_close(grad[1:], torch.zeros(3))
     # Without the floor every dimension gets a KL gradient.
-    t = FreeBitsELBO().terms(vae.model, vae.guide, x, 1.0)
+    t = FreeBitsELBO().terms(vae.model, vae.guide, x, None, 1.0)
     grad_plain = torch.autograd.grad(t.kl_per_dim.mean(0).sum(), vae.qz_head.raw_scale.bias)[0]
     assert (grad_plain.abs() > 0).all()
 
@@ -83,12 +86,12 @@ VARIANTS = [
 ]
 
 
-def _terms(module, x, weight, direct):
+def _terms(module, x, weight, direct, c=None):
     elbo = FreeBitsELBO(free_bits=0.3)
     elbo.direct = direct
     torch.manual_seed(3)
     module.zero_grad(set_to_none=True)
-    t = elbo.terms(module.model, module.guide, x, weight)
+    t = elbo.terms(module.model, module.guide, x, c, weight)
     elbo.loss_from_terms(t).backward()
     grads = {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
     return t, grads
@@ -111,6 +114,43 @@ def test_one_pass_terms_are_bit_identical_to_pyro_trace(cfg, weight):
         assert torch.equal(g_fast[k], g_ref[k]), k
 
 
+CONDITIONAL = [
+    {},
+    {"decoder_layers": 0, "dispersion": "gene-batch"},
+    {"library": "latent", "dispersion": "gene-batch", "encode_covariates": True},
+    {"z_skip": True, "decoder_layers": 2, "likelihood": "zinb"},
+    {"skip": "gated", "dispersion": "gene-cell", "n_layers": 2},
+]
+
+
+@pytest.mark.parametrize(
+    "cfg", CONDITIONAL, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default"
+)
+def test_one_pass_terms_of_a_conditional_model_are_bit_identical_to_pyro_trace(cfg):
+    torch.manual_seed(0)
+    module = VAE(
+        VAEConfig(n_input=30, n_latent=4, n_hidden=8, n_categories=(3, 2), n_batch=3, **cfg),
+        library_log_mean=[3.0, 4.0, 5.0],
+        library_log_scale=[0.5, 1.0, 0.7],
+    )
+    with torch.no_grad():  # offsets of a linear decoder and dispersions differ by batch
+        for name, p in module.named_parameters():
+            if name.startswith(("px_rho_cov", "px_log_theta")):
+                p.add_(0.3 * torch.randn_like(p))
+    x = torch.poisson(torch.full((12, 30), 2.0))
+    c = torch.stack([torch.arange(12) % 3, torch.arange(12) % 2], 1)
+    fast, g_fast = _terms(module, x, 0.7, direct=True, c=c)
+    ref, g_ref = _terms(module, x, 0.7, direct=False, c=c)
+    for name in ("recon", "kl_per_dim", "kl_other"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+    assert g_fast.keys() == g_ref.keys()
+    for k in g_ref:
+        assert torch.equal(g_fast[k], g_ref[k]), k
+    # The codes matter: other batches give other terms.
+    other, _ = _terms(module, x, 0.7, direct=True, c=torch.stack([(c[:, 0] + 1) % 3, c[:, 1]], 1))
+    assert not torch.equal(other.recon, fast.recon)
+
+
 def test_handlers_and_other_programs_go_through_pyro():
     module = VAE(VAEConfig(n_input=5, n_latent=2, n_hidden=4))
     elbo = FreeBitsELBO()
@@ -120,11 +160,15 @@ def test_handlers_and_other_programs_go_through_pyro():
     assert FreeBitsELBO(latent_site="w")._direct_module(module.model, module.guide) is None
 
 
-def test_training_is_bit_identical_to_the_traced_for_loop_reference(monkeypatch):
+@pytest.mark.parametrize("batch_key", [None, "batch"])
+def test_training_is_bit_identical_to_the_traced_for_loop_reference(monkeypatch, batch_key):
     adata = synthetic_counts(120, 40, seed=1)
     adata.layers["counts"] = adata.X.copy()
+    adata.obs["batch"] = np.array(["a", "b", "c"])[np.arange(120) % 3]
     settings = dict(max_epochs=2, kl_schedule="linear", warmup_fraction=0.5, free_bits=0.2, **FAST)
+    settings["batch_key"] = batch_key
     fast = scvae.train(adata, progress=False, **settings)
+    assert fast.module.config.n_batch == (3 if batch_key else 0)
     # The reference: Pyro's trace and torch's default (for-loop) Adam on CPU.
     monkeypatch.setattr(FreeBitsELBO, "direct", False)
     adam = torch.optim.Adam

@@ -9,6 +9,13 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+from scvae.baseline_names import (
+    BASELINE_PATTERN,
+    baseline_arguments,
+    baseline_minutes,
+    dataset_baselines,
+    dataset_has_batches,
+)
 from scvae.config import preprocess_settings, resolve_variant
 
 
@@ -33,9 +40,17 @@ for _v in config["run_variants"]:
             f"config: run_variants names {_v!r}, which is not defined in variants ({VARIANTS})"
         )
 SCVI_AVAILABLE = importlib.util.find_spec("scvi") is not None
-BASELINES = [f"pca{n}" for n in config["baselines"]["pca"]]
-if config["baselines"]["scvi"] and SCVI_AVAILABLE:
-    BASELINES.append("scvi")
+SCVI_WANTED = bool(config["baselines"]["scvi"] or config["baselines"]["scvi_epochs"])
+# Baseline runs of each dataset (scvae.baseline_names): Harmony only where the dataset
+# has batches (batch_key or samples), scVI only where scvi-tools is installed.
+BASELINES = {
+    name: dataset_baselines(
+        config["baselines"],
+        has_batches=dataset_has_batches(ds),
+        scvi_available=SCVI_AVAILABLE,
+    )
+    for name, ds in config["datasets"].items()
+}
 
 
 # The collapse atlas (config/atlas.yaml): jobs of trainings, see scvae.atlas.grid.atlas_jobs.
@@ -52,9 +67,9 @@ else:
 wildcard_constraints:
     dataset="|".join(map(re.escape, config["datasets"])),
     variant="|".join(map(re.escape, VARIANTS)),
-    baseline=r"pca\d+|scvi",
+    baseline=BASELINE_PATTERN,
     seed=r"\d+",
-    name="|".join(map(re.escape, VARIANTS)) + r"|pca\d+|scvi",
+    name="|".join([*map(re.escape, VARIANTS), BASELINE_PATTERN]),
 
 
 def all_targets():
@@ -64,13 +79,24 @@ def all_targets():
     return targets
 
 
+def dataset_files(dataset):
+    """The input files of a dataset: its path, or every sample's file (in order)."""
+    ds = config["datasets"][dataset]
+    return list(ds["samples"].values()) if ds.get("samples") else [ds["path"]]
+
+
 def dataset_input(wildcards):
-    return config["datasets"][wildcards.dataset]["path"]
+    # Every sample's file, so that Snakemake reruns the preprocessing when one changes.
+    return dataset_files(wildcards.dataset)
 
 
 def dataset_options(wildcards):
+    """The input (--input, or --samples NAME=PATH ...) and the reading options, quoted."""
     ds = config["datasets"][wildcards.dataset]
-    opts = []
+    if ds.get("samples"):
+        opts = ["--samples", *(f"{name}={path}" for name, path in ds["samples"].items())]
+    else:
+        opts = ["--input", ds["path"]]
     if ds.get("format"):
         opts += ["--format", ds["format"]]
     if ds.get("label_key"):
@@ -79,7 +105,11 @@ def dataset_options(wildcards):
         opts += ["--layer", ds["layer"]]
     if ds.get("transpose"):
         opts.append("--transpose")
-    return " ".join(opts)
+    if ds.get("batch_key"):
+        opts += ["--batch-key", ds["batch_key"]]
+    if ds.get("covariates"):
+        opts += ["--covariates", *ds["covariates"]]
+    return shlex.join(opts)
 
 
 def preprocess_json(wildcards):
@@ -187,9 +217,11 @@ def small_job_group(wildcards):
     datasets' jobs are not grouped: each gets its own resources. Groups only apply to
     cluster execution; a local run ignores them.
     """
-    path = Path(config["datasets"][wildcards.dataset]["path"])
+    files = []
     try:
-        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        # A dataset of several samples is sized by all its files together.
+        for path in map(Path, dataset_files(wildcards.dataset)):
+            files += [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
         size_mb = sum(p.stat().st_size for p in files) / 1e6
     except OSError:
         return None
@@ -207,7 +239,7 @@ def cluster_json(wildcards):
 def run_names(dataset):
     return [
         f"results/{dataset}/{name}/seed{seed}"
-        for name in config["run_variants"] + BASELINES
+        for name in config["run_variants"] + BASELINES[dataset]
         for seed in config["seeds"]
     ]
 
@@ -222,8 +254,8 @@ def compare_inputs(wildcards):
 
 def compare_notes(wildcards):
     notes = []
-    if config["baselines"]["scvi"] and not SCVI_AVAILABLE:
-        notes.append("scvi baseline skipped: scvi-tools is not installed (pip install -e '.[scvi]')")
+    if SCVI_WANTED and not SCVI_AVAILABLE:
+        notes.append("scvi baselines skipped: scvi-tools is not installed (pip install -e '.[scvi]')")
     return " ".join(f"--note {json.dumps(n)}" for n in notes)
 
 

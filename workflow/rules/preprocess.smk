@@ -22,5 +22,5 @@ rule preprocess:
     conda:
         "../../envs/scvae.yaml"
     shell:
-        "{params.cli} --log {log} preprocess --input {input:q} --output {output.h5ad} "
-        "--qc-plot {output.qc} {params.options} --params {params.settings:q}"
+        "{params.cli} --log {log} preprocess {params.options} --output {output.h5ad} "
+        "--qc-plot {output.qc} --params {params.settings:q}"

@@ -35,26 +35,20 @@ rule baseline:
         "logs/{dataset}/{baseline}/seed{seed}/baseline.log",
     params:
         cli=SCVAE,
-        method=lambda wc: "scvi" if wc.baseline == "scvi" else "pca",
-        n_components=lambda wc: (
-            int(wc.baseline[3:])
-            if wc.baseline.startswith("pca")
-            else config["defaults"]["n_latent"]
-        ),
-        pca_args=lambda wc: (
-            f"--target-sum {config['baselines']['pca_target_sum']}"
-            if wc.baseline.startswith("pca")
-            else ""
-        ),
+        # --method and its options, from the run name (scvae.baseline_names).
+        args=lambda wc: " ".join(baseline_arguments(wc.baseline, config["baselines"])),
     threads: config["threads"]
     group:
         small_job_group
     resources:
         mem_mb=mem_mb_from_input(factor=6, floor=2000),
-        runtime=runtime_from_input(minutes=15, per_gb=30),
+        # scVI trains for up to 400 epochs: its jobs get the training's estimate.
+        runtime=lambda wc, input, threads, attempt: attempt
+        * baseline_minutes(
+            wc.baseline, *_dims(input[0], input.size_mb), input_mb=input.size_mb, threads=threads
+        ),
     conda:
         "../../envs/scvae.yaml"
     shell:
         "{params.cli} --log {log} baseline --input {input} --output {output.latent} "
-        "--method {params.method} --n-components {params.n_components} --seed {wildcards.seed} "
-        "{params.pca_args}"
+        "{params.args} --seed {wildcards.seed} --threads {threads}"
