@@ -98,3 +98,15 @@ def h5_counts(tmp_path):
     a.layers["counts"] = a.X.copy()
     a.write_h5ad(tmp_path / "c.h5ad")
     return tmp_path / "c.h5ad", a
+
+
+@pytest.fixture(scope="module")
+def cellbench(shared_data: Path) -> anndata.AnnData:
+    """CellBench (1,408 cells, 5 plates in obs["batch"]), its 500 most expressed genes."""
+    adata = anndata.read_h5ad(shared_data / "cellbench_5batches_counts.h5ad")
+    X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    top = np.sort(np.argsort(-np.asarray(X.sum(0)).ravel())[:500])
+    adata = adata[:, top].copy()
+    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    adata.layers["counts"] = adata.X.copy()
+    return adata

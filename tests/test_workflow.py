@@ -156,6 +156,33 @@ def test_workflow_writes_the_comparison_and_final_files(test_run):
     assert list(history["epoch"]) == list(range(1, 9))
 
 
+def test_a_dataset_with_batches_is_integrated_and_scored_with_scib(test_run):
+    """cellbench192: 3 plates of real CellBench cells, run with ``batch_key: batch``."""
+    results = test_run / "results" / "cellbench192"
+    pre = anndata.read_h5ad(results / "preprocessed.h5ad")
+    assert pre.obs["batch"].dtype == "category" and pre.obs["batch"].nunique() == 3
+    assert pre.uns["scvae"]["preprocess"]["batch_key"] == "batch"
+
+    table = pd.read_csv(results / "comparison.tsv", sep="\t")
+    assert set(table["variant"]) == {"recommended", "vanilla", "pca6", "harmony"}
+    for column in ("scib_total", "scib_bio", "scib_batch", "scib_ilisi", "scib_kbet"):
+        assert table[column].between(0, 1).all(), column
+    total = 0.6 * table["scib_bio"] + 0.4 * table["scib_batch"]
+    assert np.allclose(table["scib_total"], total)
+    assert (results / "figures" / "scib_table.png").stat().st_size > 0
+
+    diag = json.loads((results / "recommended" / "seed0" / "diagnostics.json").read_text())
+    assert diag["batch_in_z"]["n_batches"] == 3
+    assert 0 <= diag["batch_in_z"]["accuracy"] <= 1
+    metrics = json.loads((results / "recommended" / "seed0" / "metrics.json").read_text())
+    assert metrics["scib"]["n_batches"] == 3
+    final = anndata.read_h5ad(results / "recommended" / "seed0" / "final.h5ad")
+    assert final.obs["batch"].nunique() == 3 and "label" in final.obs
+    train = final.uns["scvae"]["train"]
+    assert train["model"]["condition_on_batch"] and train["model"]["n_batch"] == 3
+    assert list(train["categories"]["batch"]) == sorted(pre.obs["batch"].unique())
+
+
 def test_preprocessed_file_opens_with_scanpy(test_run):
     import scanpy as sc
 

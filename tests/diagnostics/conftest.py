@@ -75,19 +75,12 @@ def tiny_counts():
 
 
 @pytest.fixture(scope="module")
-def cellbench_models(shared_data):
+def cellbench_models(cellbench):
     """CellBench's 500 most expressed genes and two 5-epoch models of it: without and with
     the batch (``(adata, {"unconditional": model, "conditional": model})``)."""
-    import anndata
-
     from scvae.training.loop import train
 
-    adata = anndata.read_h5ad(shared_data / "cellbench_5batches_counts.h5ad")
-    X = sp.csr_matrix(adata.X, dtype=np.float32)
-    top = np.sort(np.argsort(-np.asarray(X.sum(0)).ravel())[:500])
-    adata = adata[:, top].copy()
-    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
-    adata.layers["counts"] = adata.X.copy()
+    adata = cellbench.copy()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     settings = dict(n_latent=6, n_hidden=64, batch_size=128, max_epochs=5, progress=False)

@@ -58,15 +58,3 @@ def two_batch_counts(n: int = 240, n_genes: int = 40, seed: int = 1) -> anndata.
 def two_batches() -> anndata.AnnData:
     """:func:`two_batch_counts` with its defaults (240 cells, 40 genes)."""
     return two_batch_counts()
-
-
-@pytest.fixture(scope="module")
-def cellbench(shared_data) -> anndata.AnnData:
-    """CellBench (1,408 cells, 5 plates in obs["batch"]), its 500 most expressed genes."""
-    adata = anndata.read_h5ad(shared_data / "cellbench_5batches_counts.h5ad")
-    X = sparse.csr_matrix(adata.X, dtype=np.float32)
-    top = np.sort(np.argsort(-np.asarray(X.sum(0)).ravel())[:500])
-    adata = adata[:, top].copy()
-    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
-    adata.layers["counts"] = adata.X.copy()
-    return adata
