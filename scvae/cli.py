@@ -171,6 +171,12 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_convert_model(args: argparse.Namespace) -> None:
+    from scvae.model import SCVAE
+
+    SCVAE.convert(args.old, args.new, i_trust_this_file=args.i_trust_this_file)
+
+
 def _cmd_atlas_run(args: argparse.Namespace) -> None:
     import torch
 
@@ -288,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-dir", required=True, help="folder for the comparison figures")
     p.add_argument("--note", action="append", help="a note for the report (repeatable)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "convert-model",
+        help="rewrite an old-format model.pt (a full pickle) in the safe format; unpickles it",
+    )
+    p.add_argument("old", help="model file of scvae before format 2")
+    p.add_argument("new", help="the converted model file")
+    p.add_argument(
+        "--i-trust-this-file",
+        action="store_true",
+        help="required: reading the old format runs any code the file carries",
+    )
+    p.set_defaults(func=_cmd_convert_model)
 
     p = sub.add_parser("atlas-run", help="train, diagnose and score one job of the atlas")
     p.add_argument("--input", required=True, help="preprocessed .h5ad with labels")
