@@ -154,6 +154,8 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
         args.metrics,
         diagnostics_json=args.diagnostics,
         umap_plot=args.umap_plot,
+        markers_tsv=args.markers,
+        marker_plot=args.marker_plot,
         **args.params,
     )
 
@@ -283,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, help="metrics.json")
     p.add_argument("--diagnostics", default=None, help="diagnostics.json to embed in uns")
     p.add_argument("--umap-plot", default=None, help="UMAP figure (.png)")
+    p.add_argument("--markers", default=None, help="marker genes table (.tsv)")
+    p.add_argument("--marker-plot", default=None, help="marker genes dot plot (.png)")
     p.add_argument("--params", type=_json_arg, default={}, help="clustering settings JSON")
     p.set_defaults(func=_cmd_cluster)
 

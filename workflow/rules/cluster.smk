@@ -11,6 +11,13 @@ rule cluster:
             category="UMAP",
             labels={"dataset": "{dataset}", "run": "{name}", "seed": "{seed}"},
         ),
+        markers="results/{dataset}/{name}/seed{seed}/markers.tsv",
+        marker_plot=report(
+            "results/{dataset}/{name}/seed{seed}/figures/markers.png",
+            caption="../report/markers.rst",
+            category="Marker genes",
+            labels={"dataset": "{dataset}", "run": "{name}", "seed": "{seed}"},
+        ),
     log:
         "logs/{dataset}/{name}/seed{seed}/cluster.log",
     params:
@@ -28,4 +35,5 @@ rule cluster:
     shell:
         "{params.cli} --log {log} cluster --input {input.latent} --output {output.final} "
         "--metrics {output.metrics} {params.diagnostics} --umap-plot {output.umap} "
+        "--markers {output.markers} --marker-plot {output.marker_plot} "
         "--params {params.settings:q}"
