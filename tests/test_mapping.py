@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import anndata as ad
@@ -168,3 +169,33 @@ def test_joint_embedding_has_both_sources():
     joint = joint_embedding(reference, mapped)
     assert joint.n_obs == 50 and joint.obsm["X_umap"].shape == (50, 2)
     assert list(joint.obs["source"].value_counts().sort_index()) == [20, 30]
+
+
+def test_map_command_writes_every_output(tmp_path):
+    from scvae.cli import main
+
+    model = _conditional_model()
+    model.save(tmp_path / "model.pt")
+    reference = _cells(30, ["p1", "p2"], seed=1)
+    reference.obsm["X_scvae"] = model.get_latent(reference)
+    reference.write_h5ad(tmp_path / "latent.h5ad")
+    query = _cells(20, ["p1", "p7"], seed=5)
+    query.obs = query.obs.rename(columns={"batch": "plate", "label": "cell_type"})
+    query.write_h5ad(tmp_path / "query_in.h5ad")
+    out = {name: tmp_path / name for name in ("q.h5ad", "j.h5ad", "m.json", "m.pt", "u.png")}
+    args = ["map", "--model", str(tmp_path / "model.pt"), "--reference",
+            str(tmp_path / "latent.h5ad"), "--query", str(tmp_path / "query_in.h5ad"),
+            "--output", str(out["q.h5ad"]), "--joint", str(out["j.h5ad"]),
+            "--record", str(out["m.json"]), "--model-out", str(out["m.pt"]),
+            "--umap-plot", str(out["u.png"]), "--label-key", "cell_type",
+            "--batch-key", "plate", "--params", '{"epochs": 2}']  # fmt: skip
+    assert main(args) == 0
+    record = json.loads(out["m.json"].read_text())
+    assert record["new_categories"] == {"batch": ["p7"]} and len(record["fine_tune_losses"]) == 2
+    assert 0 <= record["accuracy"] <= 1 and record["epochs"] == 2
+    mapped = ad.read_h5ad(out["q.h5ad"])
+    assert {"scvae_label", "scvae_label_uncertainty"} <= set(mapped.obs.columns)
+    assert mapped.uns["scvae"]["map"]["accuracy"] == record["accuracy"]
+    assert SCVAE.load(out["m.pt"]).categories["batch"] == ["p1", "p2", "p7"]
+    assert ad.read_h5ad(out["j.h5ad"]).obsm["X_umap"].shape == (50, 2)
+    assert out["u.png"].read_bytes()[:4] == b"\x89PNG"
