@@ -12,11 +12,11 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from scvae.data.loaders import counts_matrix
+from scvae.data.loaders import CountBatches, counts_matrix
 from scvae.data.ondisk import take_columns
 from scvae.errors import InputError
 from scvae.module.config import VAEConfig
-from scvae.module.encoding import encode
+from scvae.module.encoding import encode, eval_mode
 from scvae.module.vae import VAE
 from scvae.training.settings import TrainConfig
 from scvae.utils.torchfile import convert_legacy_file, load_tensor_file, save_tensor_file
@@ -264,6 +264,91 @@ class SCVAE:
         # float32 -> float64 -> float32 returns its numbers exactly.
         loc, scale = loc.astype(np.float32), scale.astype(np.float32)
         return (loc, scale) if return_scale else loc
+
+    @torch.no_grad()
+    def get_normalized_expression(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = "counts",
+        library_size: float | str = 1e4,
+        transform_batch: str | None = None,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Decoded expression: the decoder's mean proportions times a library size.
+
+        For each cell, ``rho = softmax(decoder(z, s))`` at the posterior mean of z (and
+        the cell's covariates ``s``): the model's denoised expression profile, summing to
+        1 over the genes. It is returned times ``library_size`` (as scVI's
+        ``get_normalized_expression``; scVI's default is 1, proportions). A decoder with a
+        skip path also reads the cell's counts, as in training.
+
+        Parameters
+        ----------
+        adata
+            Cells with raw counts over the model's genes (and the covariate columns of a
+            conditional model).
+        layer
+            Layer holding the counts.
+        library_size
+            Counts per cell of the result: a number (1 gives proportions; the default,
+            10,000, is the scale of ``normalize_total``), or ``"observed"``: each cell's
+            own total count (denoised counts).
+        transform_batch
+            For a model conditioned on batches: decode every cell as if it came from this
+            batch (one of ``categories[batch_key]``), a batch-corrected expression; None
+            decodes each cell with its own batch.
+        batch_size
+            Cells decoded at once.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, cells x genes (dense: ``n_obs * n_vars`` values).
+
+        Raises
+        ------
+        InputError
+            When genes or covariate columns are missing, ``transform_batch`` is given to
+            a model without a batch or is not one of its batches, or ``library_size`` is
+            neither a positive number nor ``"observed"``.
+        """
+        X = self.aligned_counts(adata, layer)
+        codes = self.covariate_codes(adata)
+        decoded = codes
+        if transform_batch is not None:
+            if not self.module.config.n_batch:
+                raise InputError(
+                    f"transform_batch={transform_batch!r}: this model is not conditioned on a batch"
+                )
+            batches = self.categories[self.batch_key]
+            if str(transform_batch) not in batches:
+                raise InputError(
+                    f"transform_batch={transform_batch!r} is not one of the model's batches "
+                    f"{batches}"
+                )
+            decoded = codes.copy()
+            decoded[:, 0] = batches.index(str(transform_batch))
+        observed = isinstance(library_size, str)
+        if observed and library_size != "observed":
+            raise InputError(f"library_size={library_size!r}: a number or 'observed'")
+        if not observed and not float(library_size) > 0:
+            raise InputError(f"library_size={library_size!r} must be > 0")
+        out = np.empty(X.shape, dtype=np.float32)
+        device = self.device
+        dtype = next(self.module.parameters()).dtype
+        # The encoder reads each cell's own covariates, the decoder the chosen ones.
+        own = CountBatches(X, np.arange(X.shape[0]), batch_size, covariates=codes)
+        chosen = CountBatches(X, np.arange(X.shape[0]), batch_size, covariates=decoded)
+        with eval_mode(self.module):
+            for rows in own.batches():
+                x = own.dense(rows, device).to(dtype)
+                z = self.module.inference(x, own.codes(rows, device))["qz"].loc
+                ones = torch.ones(x.shape[0], 1, dtype=dtype, device=device)
+                log_rho = self.module.generative(z, ones, x, chosen.codes(rows, device))["log_mu"]
+                scale = self.module.library(x) if observed else float(library_size)
+                out[rows] = (log_rho.exp() * scale).cpu().numpy()
+        return out
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights and settings to one file, atomically, in a file safe to open.
