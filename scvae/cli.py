@@ -156,6 +156,7 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
         umap_plot=args.umap_plot,
         markers_tsv=args.markers,
         marker_plot=args.marker_plot,
+        model_path=args.model,
         **args.params,
     )
 
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--umap-plot", default=None, help="UMAP figure (.png)")
     p.add_argument("--markers", default=None, help="marker genes table (.tsv)")
     p.add_argument("--marker-plot", default=None, help="marker genes dot plot (.png)")
+    p.add_argument("--model", default=None, help="the run's model.pt: decoded expression layer")
     p.add_argument("--params", type=_json_arg, default={}, help="clustering settings JSON")
     p.set_defaults(func=_cmd_cluster)
 

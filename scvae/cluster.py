@@ -35,6 +35,7 @@ from scvae.utils.jsonio import jsonable, read_json, write_json
 
 __all__ = [
     "DIAGNOSTICS_SUMMARY_KEYS",
+    "DECODED_LAYER",
     "MARKER_KEYS",
     "METRICS_SCHEMA_VERSION",
     "batch_key_of",
@@ -144,6 +145,9 @@ def run_cluster(
     marker_genes: int = 10,
     markers_tsv: str | os.PathLike | None = None,
     marker_plot: str | os.PathLike | None = None,
+    model_path: str | os.PathLike | None = None,
+    decoded_max_values: int = 20_000_000,
+    decoded_batch: str | None = None,
 ) -> dict:
     """Cluster and score the embedding of an h5ad; write the h5ad and a metrics JSON.
 
@@ -216,6 +220,16 @@ def run_cluster(
         only when there are no markers).
     marker_plot
         PNG of the dot plot of the top 3 markers per cluster (a note when there are none).
+    model_path
+        The run's ``model.pt`` (a trained VAE; None for baselines): with it, the decoded
+        expression (:meth:`scvae.model.SCVAE.get_normalized_expression`, per 10,000
+        counts) goes into ``layers["scvae_normalized"]`` when the data are small enough.
+    decoded_max_values
+        Write that layer only when cells x genes is at most this (a dense float32
+        layer: 20 million values are 80 MB); 0 never writes it.
+    decoded_batch
+        Decode every cell as if from this batch (batch-corrected expression); None:
+        each cell with its own.
 
     Returns
     -------
@@ -281,6 +295,9 @@ def run_cluster(
             why = "markers are off (cluster: markers: false)" if not markers else ""
             plot_marker_dotplot(ranked, marker_plot, title=title, empty_note=why)
 
+    if model_path is not None and record["status"] == "ok":
+        _add_decoded(adata, model_path, decoded_max_values, decoded_batch)
+
     write_h5ad(adata, output_h5ad)
     record = jsonable(record)
     write_json(record, metrics_json)
@@ -301,6 +318,37 @@ def run_cluster(
 
 MARKER_KEYS = ("rank_genes_groups", "rank_genes_groups_label")
 """Keys in ``uns`` of the marker genes of the clusters and of the labels."""
+
+
+DECODED_LAYER = "scvae_normalized"
+"""Layer of ``final.h5ad`` with the decoded expression."""
+
+
+def _add_decoded(
+    adata: ad.AnnData, model_path: str | os.PathLike, max_values: int, batch: str | None
+) -> None:
+    """The decoded expression in ``layers[DECODED_LAYER]``, when small enough."""
+    n_values = adata.n_obs * adata.n_vars
+    if not max_values or n_values > max_values:
+        logger.info(
+            "no layers[%r]: %d cells x %d genes = %d values, above decoded_max_values=%d",
+            DECODED_LAYER,
+            adata.n_obs,
+            adata.n_vars,
+            n_values,
+            max_values,
+        )
+        return
+    from scvae.model import SCVAE
+
+    model = SCVAE.load(model_path)
+    layer = "counts" if "counts" in adata.layers else None
+    adata.layers[DECODED_LAYER] = model.get_normalized_expression(
+        adata, layer=layer, transform_batch=batch
+    )
+    params = {"library_size": 1e4, "transform_batch": batch or "", "model": str(model_path)}
+    adata.uns.setdefault("scvae", {}).setdefault("cluster", {})["decoded"] = params
+    logger.info("decoded expression in layers[%r] (per 10,000 counts)", DECODED_LAYER)
 
 
 def _rank_markers(adata: ad.AnnData, key: str, label_key: str) -> ad.AnnData | None:

@@ -281,3 +281,36 @@ def test_batch_key_of():
     assert cluster.batch_key_of(adata) is None
     adata.uns["scvae"]["preprocess"]["batch_key"] = np.array("batch")
     assert cluster.batch_key_of(adata) == "batch"
+
+
+def test_run_cluster_adds_decoded_expression_below_the_size_limit(small_counts, tmp_path):
+    import torch
+
+    from scvae.model import SCVAE
+    from scvae.module.config import VAEConfig
+    from scvae.module.vae import VAE
+    from scvae.training.settings import TrainConfig
+
+    torch.manual_seed(0)
+    module = VAE(VAEConfig(n_input=small_counts.n_vars, n_latent=3, n_hidden=8)).eval()
+    model = SCVAE(module, TrainConfig(), list(small_counts.var_names))
+    model.save(tmp_path / "model.pt")
+    latent = small_counts.copy()
+    latent.obsm["X_scvae"] = model.get_latent(latent)
+    latent.write_h5ad(tmp_path / "latent.h5ad")
+    limit = small_counts.n_obs * small_counts.n_vars
+    for max_values, written in ((limit, True), (limit - 1, False), (0, False)):
+        out = tmp_path / f"final{max_values}.h5ad"
+        cluster.run_cluster(
+            tmp_path / "latent.h5ad",
+            out,
+            tmp_path / "metrics.json",
+            markers=False,
+            model_path=tmp_path / "model.pt",
+            decoded_max_values=max_values,
+        )
+        final = ad.read_h5ad(out)
+        assert (cluster.DECODED_LAYER in final.layers) is written, max_values
+    decoded = ad.read_h5ad(tmp_path / f"final{limit}.h5ad").layers[cluster.DECODED_LAYER]
+    np.testing.assert_allclose(decoded.sum(1), 1e4, rtol=1e-4)
+    np.testing.assert_allclose(decoded, model.get_normalized_expression(latent), rtol=1e-6)

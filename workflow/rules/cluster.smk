@@ -2,6 +2,7 @@ rule cluster:
     input:
         latent="results/{dataset}/{name}/seed{seed}/latent.h5ad",
         diagnostics=cluster_diagnostics,
+        model=cluster_model,
     output:
         final="results/{dataset}/{name}/seed{seed}/final.h5ad",
         metrics="results/{dataset}/{name}/seed{seed}/metrics.json",
@@ -24,6 +25,7 @@ rule cluster:
         cli=SCVAE,
         settings=cluster_json,
         diagnostics=lambda wc, input: f"--diagnostics {input.diagnostics}" if input.diagnostics else "",
+        model=lambda wc, input: f"--model {input.model}" if input.model else "",
     threads: config["threads"]
     group:
         small_job_group
@@ -35,5 +37,5 @@ rule cluster:
     shell:
         "{params.cli} --log {log} cluster --input {input.latent} --output {output.final} "
         "--metrics {output.metrics} {params.diagnostics} --umap-plot {output.umap} "
-        "--markers {output.markers} --marker-plot {output.marker_plot} "
+        "--markers {output.markers} --marker-plot {output.marker_plot} {params.model} "
         "--params {params.settings:q}"

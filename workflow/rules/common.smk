@@ -306,3 +306,10 @@ def cluster_diagnostics(wildcards):
     if wildcards.name in VARIANTS:
         return f"results/{wildcards.dataset}/{wildcards.name}/seed{wildcards.seed}/diagnostics.json"
     return []
+
+
+def cluster_model(wildcards):
+    """The model of a VAE run (its decoded expression goes into final.h5ad); none for baselines."""
+    if wildcards.name in VARIANTS:
+        return f"results/{wildcards.dataset}/{wildcards.name}/seed{wildcards.seed}/model.pt"
+    return []
