@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 MIN_GENE_FRACTION = 0.5
 """Fewest of the model's genes, as a fraction, that a query must have."""
 
+# Entries of the record kept out of uns (long lists, or keys named by labels).
+_JSON_ONLY = ("genes_missing", "fine_tune_losses", "accuracy_per_label", "new_categories")
+
 # State-dict entries with one row per batch category (the rest that change shape with
 # the categories read the one-hot covariates in their last input columns).
 _BATCH_ROWS = ("px_log_theta", "library_log_mean", "library_log_scale")
@@ -607,7 +610,8 @@ def run_map(
         **record,
     }
     mapped.uns.setdefault("scvae", {})["map"] = jsonable(
-        {k: v for k, v in record.items() if k not in ("genes_missing", "fine_tune_losses")}
+        # Per-label accuracy stays in the JSON: a label may hold "/", which h5ad keys cannot.
+        {k: v for k, v in record.items() if k not in _JSON_ONLY}
     )
     joint = joint_embedding(reference, mapped, seed=seed)
     if model_out is not None:
