@@ -199,3 +199,36 @@ def test_map_command_writes_every_output(tmp_path):
     assert SCVAE.load(out["m.pt"]).categories["batch"] == ["p1", "p2", "p7"]
     assert ad.read_h5ad(out["j.h5ad"]).obsm["X_umap"].shape == (50, 2)
     assert out["u.png"].read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "label_key", "batch_key", "split", "min_accuracy"),
+    [
+        ("kang_ifnb_2conditions_counts.h5ad", "cell_type", None, ("condition", "control"), 0.5),
+        ("cellbench_5batches_counts.h5ad", "cell_line", "batch", ("batch", "sc_dropseq"), 0.8),
+    ],
+    ids=["kang-control-to-stimulated", "cellbench-plates-to-dropseq"],
+)
+def test_label_transfer_on_real_data(shared_data, name, label_key, batch_key, split, min_accuracy):
+    import scvae
+    from scvae.preprocess import preprocess
+
+    cells = scvae.read_counts(shared_data / name, label_key=label_key)
+    column, value = split
+    is_reference = (cells.obs[column] == value).to_numpy()
+    if batch_key is not None:  # the held-out plate is the query
+        is_reference = ~is_reference
+    reference, query = cells[is_reference].copy(), cells[~is_reference].copy()
+    preprocess(reference, batch_key=batch_key)
+    model = scvae.train(
+        reference, batch_key=batch_key, n_latent=10, max_epochs=15, batch_size=256,
+        decoder_layers=0, seed=0, progress=False,
+    )  # fmt: skip
+    reference.obsm["X_scvae"] = model.get_latent(reference)
+    _, _, record = map_query(
+        model, query, reference=reference, batch_key=batch_key, epochs=20, seed=0
+    )
+    assert record["n_genes_missing"] == 0
+    assert bool(record["new_categories"]) == (batch_key is not None)
+    assert record["accuracy"] > min_accuracy, record
