@@ -16,6 +16,12 @@ include: "workflow/rules/diagnose.smk"
 include: "workflow/rules/cluster.smk"
 include: "workflow/rules/compare.smk"
 
+# Mapping query datasets onto trained runs: only with a `query:` block.
+if config.get("query"):
+
+    include: "workflow/rules/map.smk"
+
+
 # The collapse atlas: only with its grid (snakemake --cores 2 atlas --configfile config/atlas.yaml).
 if config.get("atlas"):
 

@@ -154,6 +154,9 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
         args.metrics,
         diagnostics_json=args.diagnostics,
         umap_plot=args.umap_plot,
+        markers_tsv=args.markers,
+        marker_plot=args.marker_plot,
+        model_path=args.model,
         **args.params,
     )
 
@@ -169,6 +172,37 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         figure_dir=args.figure_dir,
         notes=args.note or [],
     )
+
+
+def _cmd_map(args: argparse.Namespace) -> None:
+    import torch
+
+    from scvae.mapping import run_map
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_map(
+        args.model,
+        args.reference,
+        args.query,
+        args.output,
+        args.joint,
+        args.record,
+        model_out=args.model_out,
+        umap_plot=args.umap_plot,
+        format=args.format,
+        layer=args.layer,
+        label_key=args.label_key,
+        batch_key=args.batch_key,
+        transpose=args.transpose,
+        **args.params,
+    )
+
+
+def _cmd_convert_model(args: argparse.Namespace) -> None:
+    from scvae.model import SCVAE
+
+    SCVAE.convert(args.old, args.new, i_trust_this_file=args.i_trust_this_file)
 
 
 def _cmd_atlas_run(args: argparse.Namespace) -> None:
@@ -277,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, help="metrics.json")
     p.add_argument("--diagnostics", default=None, help="diagnostics.json to embed in uns")
     p.add_argument("--umap-plot", default=None, help="UMAP figure (.png)")
+    p.add_argument("--markers", default=None, help="marker genes table (.tsv)")
+    p.add_argument("--marker-plot", default=None, help="marker genes dot plot (.png)")
+    p.add_argument("--model", default=None, help="the run's model.pt: decoded expression layer")
     p.add_argument("--params", type=_json_arg, default={}, help="clustering settings JSON")
     p.set_defaults(func=_cmd_cluster)
 
@@ -288,6 +325,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-dir", required=True, help="folder for the comparison figures")
     p.add_argument("--note", action="append", help="a note for the report (repeatable)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("map", help="map a query dataset onto a trained model, transfer labels")
+    p.add_argument("--model", required=True, help="the trained model.pt")
+    p.add_argument("--reference", required=True, help="latent.h5ad of the same run")
+    p.add_argument("--query", required=True, help="the query's counts (any input format)")
+    p.add_argument("--output", required=True, help="query.h5ad: codes, transferred labels")
+    p.add_argument("--joint", required=True, help="joint.h5ad: codes and UMAP of both")
+    p.add_argument("--record", required=True, help="map.json: what was done, accuracy")
+    p.add_argument("--model-out", default=None, help="the model used (extended for new batches)")
+    p.add_argument("--umap-plot", default=None, help="joint UMAP figure (.png)")
+    p.add_argument("--format", default=None, help="query format (detected when omitted)")
+    p.add_argument("--layer", default=None, help="h5ad/loom layer holding the query's counts")
+    p.add_argument("--label-key", default=None, help="query obs column with labels (accuracy)")
+    p.add_argument("--batch-key", default=None, help="query obs column holding the batch")
+    p.add_argument("--transpose", action="store_true", help="text input is genes x cells")
+    p.add_argument("--params", type=_json_arg, default={}, help="n_neighbors, epochs, seed")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_cmd_map)
+
+    p = sub.add_parser(
+        "convert-model",
+        help="rewrite an old-format model.pt (a full pickle) in the safe format; unpickles it",
+    )
+    p.add_argument("old", help="model file of scvae before format 2")
+    p.add_argument("new", help="the converted model file")
+    p.add_argument(
+        "--i-trust-this-file",
+        action="store_true",
+        help="required: reading the old format runs any code the file carries",
+    )
+    p.set_defaults(func=_cmd_convert_model)
 
     p = sub.add_parser("atlas-run", help="train, diagnose and score one job of the atlas")
     p.add_argument("--input", required=True, help="preprocessed .h5ad with labels")

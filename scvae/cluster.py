@@ -7,7 +7,9 @@ writes the clustered h5ad and a metrics JSON (:func:`read_metrics_json` reads it
 
 What is written where: everything :func:`scvae.clustering.cluster`,
 :func:`scvae.scores.score` and :func:`scvae.integration.integration_scores` store in the
-AnnData, plus ``uns["scvae"]["diagnostics"]`` (the run's diagnostics JSON, null as NaN)
+AnnData, the marker genes of :func:`scvae.markers.rank_markers`
+(``uns["rank_genes_groups"]`` for the clusters, ``uns["rank_genes_groups_label"]`` for
+the labels), plus ``uns["scvae"]["diagnostics"]`` (the run's diagnostics JSON, null as NaN)
 when given one.
 """
 
@@ -21,15 +23,20 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 from scvae.clustering import cluster
 from scvae.errors import InputError
 from scvae.integration import integration_scores
+from scvae.markers import MARKER_COLUMNS, marker_table, plot_marker_dotplot, rank_markers
 from scvae.scores import score
+from scvae.utils.atomic import atomic_path
 from scvae.utils.jsonio import jsonable, read_json, write_json
 
 __all__ = [
     "DIAGNOSTICS_SUMMARY_KEYS",
+    "DECODED_LAYER",
+    "MARKER_KEYS",
     "METRICS_SCHEMA_VERSION",
     "batch_key_of",
     "read_metrics_json",
@@ -134,6 +141,13 @@ def run_cluster(
     diagnostics_json: str | os.PathLike | None = None,
     umap_plot: str | os.PathLike | None = None,
     run_name: str | None = None,
+    markers: bool = True,
+    marker_genes: int = 10,
+    markers_tsv: str | os.PathLike | None = None,
+    marker_plot: str | os.PathLike | None = None,
+    model_path: str | os.PathLike | None = None,
+    decoded_max_values: int = 20_000_000,
+    decoded_batch: str | None = None,
 ) -> dict:
     """Cluster and score the embedding of an h5ad; write the h5ad and a metrics JSON.
 
@@ -194,6 +208,28 @@ def run_cluster(
         when given.
     run_name
         Title of the UMAP figure; default ``"<name> seed<k>"`` from the output path.
+    markers
+        Rank marker genes (:func:`scvae.markers.rank_markers`, Wilcoxon on
+        log-normalized counts) of the primary clustering into ``uns["rank_genes_groups"]``
+        and, when the cells have labels, of the labels into
+        ``uns["rank_genes_groups_label"]``.
+    marker_genes
+        Top genes per cluster (and label) in ``markers_tsv``.
+    markers_tsv
+        Where to write the marker table (:func:`scvae.markers.marker_table`; header
+        only when there are no markers).
+    marker_plot
+        PNG of the dot plot of the top 3 markers per cluster (a note when there are none).
+    model_path
+        The run's ``model.pt`` (a trained VAE; None for baselines): with it, the decoded
+        expression (:meth:`scvae.model.SCVAE.get_normalized_expression`, per 10,000
+        counts) goes into ``layers["scvae_normalized"]`` when the data are small enough.
+    decoded_max_values
+        Write that layer only when cells x genes is at most this (a dense float32
+        layer: 20 million values are 80 MB); 0 never writes it.
+    decoded_batch
+        Decode every cell as if from this batch (batch-corrected expression); None:
+        each cell with its own.
 
     Returns
     -------
@@ -243,6 +279,25 @@ def run_cluster(
             record["metrics"].update(scib_metrics)
             record["scib"] = adata.uns["scvae"]["cluster"].get("scib_params", {})
 
+    # The files are written even without markers (the workflow declares them): a table
+    # with its header only, a figure that says why it is empty.
+    ranked = None
+    if markers and record["status"] == "ok":
+        ranked = _rank_markers(adata, key, label_key)
+    if markers_tsv is not None or marker_plot is not None:
+        if markers_tsv is not None:
+            tables = [marker_table(adata, k, marker_genes) for k in MARKER_KEYS if k in adata.uns]
+            table = pd.concat(tables) if tables else pd.DataFrame(columns=MARKER_COLUMNS)
+            with atomic_path(markers_tsv) as tmp:
+                table.to_csv(tmp, sep="\t", index=False)
+        if marker_plot is not None:
+            title = run_name or _default_run_name(output_h5ad)
+            why = "markers are off (cluster: markers: false)" if not markers else ""
+            plot_marker_dotplot(ranked, marker_plot, title=title, empty_note=why)
+
+    if model_path is not None and record["status"] == "ok":
+        _add_decoded(adata, model_path, decoded_max_values, decoded_batch)
+
     write_h5ad(adata, output_h5ad)
     record = jsonable(record)
     write_json(record, metrics_json)
@@ -259,6 +314,50 @@ def run_cluster(
         )
     logger.info("wrote %s and %s", output_h5ad, metrics_json)
     return record
+
+
+MARKER_KEYS = ("rank_genes_groups", "rank_genes_groups_label")
+"""Keys in ``uns`` of the marker genes of the clusters and of the labels."""
+
+
+DECODED_LAYER = "scvae_normalized"
+"""Layer of ``final.h5ad`` with the decoded expression."""
+
+
+def _add_decoded(
+    adata: ad.AnnData, model_path: str | os.PathLike, max_values: int, batch: str | None
+) -> None:
+    """The decoded expression in ``layers[DECODED_LAYER]``, when small enough."""
+    n_values = adata.n_obs * adata.n_vars
+    if not max_values or n_values > max_values:
+        logger.info(
+            "no layers[%r]: %d cells x %d genes = %d values, above decoded_max_values=%d",
+            DECODED_LAYER,
+            adata.n_obs,
+            adata.n_vars,
+            n_values,
+            max_values,
+        )
+        return
+    from scvae.model import SCVAE
+
+    model = SCVAE.load(model_path)
+    layer = "counts" if "counts" in adata.layers else None
+    adata.layers[DECODED_LAYER] = model.get_normalized_expression(
+        adata, layer=layer, transform_batch=batch
+    )
+    params = {"library_size": 1e4, "transform_batch": batch or "", "model": str(model_path)}
+    adata.uns.setdefault("scvae", {}).setdefault("cluster", {})["decoded"] = params
+    logger.info("decoded expression in layers[%r] (per 10,000 counts)", DECODED_LAYER)
+
+
+def _rank_markers(adata: ad.AnnData, key: str, label_key: str) -> ad.AnnData | None:
+    """Marker genes of the clusters and the labels; the cells ranked by cluster (for the plot)."""
+    layer = "counts" if "counts" in adata.layers else None
+    ranked = rank_markers(adata, key, layer=layer, key_added=MARKER_KEYS[0])
+    if label_key in adata.obs.columns:
+        rank_markers(adata, label_key, layer=layer, key_added=MARKER_KEYS[1])
+    return ranked
 
 
 def read_metrics_json(path: str | os.PathLike) -> dict:

@@ -12,16 +12,19 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from scvae.data.loaders import counts_matrix
+from scvae.data.loaders import CountBatches, counts_matrix
 from scvae.data.ondisk import take_columns
 from scvae.errors import InputError
 from scvae.module.config import VAEConfig
-from scvae.module.encoding import encode
+from scvae.module.encoding import encode, eval_mode
 from scvae.module.vae import VAE
 from scvae.training.settings import TrainConfig
-from scvae.utils.atomic import atomic_path
+from scvae.utils.torchfile import convert_legacy_file, load_tensor_file, save_tensor_file
 
 log = logging.getLogger(__name__)
+
+MODEL_KIND = "model"
+"""The kind of a model file (:func:`scvae.utils.torchfile.save_tensor_file`)."""
 
 
 def _obs_values(adata: AnnData, key: str, source: str) -> pd.Series:
@@ -262,12 +265,102 @@ class SCVAE:
         loc, scale = loc.astype(np.float32), scale.astype(np.float32)
         return (loc, scale) if return_scale else loc
 
+    @torch.no_grad()
+    def get_normalized_expression(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = "counts",
+        library_size: float | str = 1e4,
+        transform_batch: str | None = None,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Decoded expression: the decoder's mean proportions times a library size.
+
+        For each cell, ``rho = softmax(decoder(z, s))`` at the posterior mean of z (and
+        the cell's covariates ``s``): the model's denoised expression profile, summing to
+        1 over the genes. It is returned times ``library_size`` (as scVI's
+        ``get_normalized_expression``; scVI's default is 1, proportions). A decoder with a
+        skip path also reads the cell's counts, as in training.
+
+        Parameters
+        ----------
+        adata
+            Cells with raw counts over the model's genes (and the covariate columns of a
+            conditional model).
+        layer
+            Layer holding the counts.
+        library_size
+            Counts per cell of the result: a number (1 gives proportions; the default,
+            10,000, is the scale of ``normalize_total``), or ``"observed"``: each cell's
+            own total count (denoised counts).
+        transform_batch
+            For a model conditioned on batches: decode every cell as if it came from this
+            batch (one of ``categories[batch_key]``), a batch-corrected expression; None
+            decodes each cell with its own batch.
+        batch_size
+            Cells decoded at once.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, cells x genes (dense: ``n_obs * n_vars`` values).
+
+        Raises
+        ------
+        InputError
+            When genes or covariate columns are missing, ``transform_batch`` is given to
+            a model without a batch or is not one of its batches, or ``library_size`` is
+            neither a positive number nor ``"observed"``.
+        """
+        X = self.aligned_counts(adata, layer)
+        codes = self.covariate_codes(adata)
+        decoded = codes
+        if transform_batch is not None:
+            if not self.module.config.n_batch:
+                raise InputError(
+                    f"transform_batch={transform_batch!r}: this model is not conditioned on a batch"
+                )
+            batches = self.categories[self.batch_key]
+            if str(transform_batch) not in batches:
+                raise InputError(
+                    f"transform_batch={transform_batch!r} is not one of the model's batches "
+                    f"{batches}"
+                )
+            decoded = codes.copy()
+            decoded[:, 0] = batches.index(str(transform_batch))
+        observed = isinstance(library_size, str)
+        if observed and library_size != "observed":
+            raise InputError(f"library_size={library_size!r}: a number or 'observed'")
+        if not observed and not float(library_size) > 0:
+            raise InputError(f"library_size={library_size!r} must be > 0")
+        out = np.empty(X.shape, dtype=np.float32)
+        device = self.device
+        dtype = next(self.module.parameters()).dtype
+        # The encoder reads each cell's own covariates, the decoder the chosen ones.
+        own = CountBatches(X, np.arange(X.shape[0]), batch_size, covariates=codes)
+        chosen = CountBatches(X, np.arange(X.shape[0]), batch_size, covariates=decoded)
+        with eval_mode(self.module):
+            for rows in own.batches():
+                x = own.dense(rows, device).to(dtype)
+                z = self.module.inference(x, own.codes(rows, device))["qz"].loc
+                ones = torch.ones(x.shape[0], 1, dtype=dtype, device=device)
+                log_rho = self.module.generative(z, ones, x, chosen.codes(rows, device))["log_mu"]
+                scale = self.module.library(x) if observed else float(library_size)
+                out[rows] = (log_rho.exp() * scale).cpu().numpy()
+        return out
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write the state dict and settings to one file, atomically (torch.save)."""
-        payload = {
+        """Write the weights and settings to one file, atomically, in a file safe to open.
+
+        The file holds the state dict as tensors and everything else as JSON
+        (:func:`scvae.utils.torchfile.save_tensor_file`): :meth:`load` reads it with
+        ``torch.load(weights_only=True)``, so opening a model file from someone else
+        runs no code.
+        """
+        metadata = {
             "model_config": self.module.config.to_dict(),
             "train_config": self.train_config.to_dict(),
-            "state_dict": {k: v.cpu() for k, v in self.module.state_dict().items()},
             "var_names": self.var_names,
             "history": self.history.to_dict(orient="list"),
             "summary": self.summary,
@@ -276,14 +369,12 @@ class SCVAE:
             "covariate_keys": list(self.covariate_keys),
             "categories": self.categories,
         }
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            # Through a Python file object: a full disk is then an OSError (named by
-            # atomic_path), where torch.save(path) raises an opaque RuntimeError.
-            torch.save(payload, handle)
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        save_tensor_file(path, MODEL_KIND, {"state_dict": state}, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> SCVAE:
-        """Load a model written by :meth:`save`.
+        """Load a model written by :meth:`save`; no code in the file can run.
 
         Parameters
         ----------
@@ -296,20 +387,32 @@ class SCVAE:
         -------
         SCVAE
             The model, in evaluation mode.
+
+        Raises
+        ------
+        InputError
+            When the file is missing or not a model file of this format. A file whose
+            pickle holds more than tensors and plain values (an old-format model file,
+            or a crafted one) is refused unopened (:class:`~scvae.utils.torchfile.UnsafeFileError`),
+            with a message on converting (:meth:`convert`) or retraining.
         """
         path = Path(path)
+        metadata, tensors = load_tensor_file(path, MODEL_KIND, map_location=device)
+        return cls._from_payload({**metadata, "state_dict": tensors["state_dict"]}, path, device)
+
+    @classmethod
+    def _from_payload(cls, payload: dict, path: Path, device: str) -> SCVAE:
+        """The model of a payload (metadata and ``state_dict``); errors name ``path``."""
         try:
-            payload = torch.load(path, map_location=device, weights_only=False)
-        except FileNotFoundError:
-            raise InputError(f"{path}: model file does not exist") from None
-        except Exception as err:
-            raise InputError(f"{path}: not a readable scvae model file ({err})") from err
-        module = VAE(VAEConfig(**payload["model_config"]))
-        module.load_state_dict(payload["state_dict"])
+            module = VAE(VAEConfig(**payload["model_config"]))
+            module.load_state_dict(payload["state_dict"])
+            train_config = TrainConfig(**payload["train_config"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise InputError(f"{path}: not a usable scvae model file ({err})") from err
         module.to(device).eval()
         return cls(
             module,
-            TrainConfig(**payload["train_config"]),
+            train_config,
             payload["var_names"],
             pd.DataFrame(payload["history"]),
             payload["summary"],
@@ -318,3 +421,33 @@ class SCVAE:
             covariate_keys=payload.get("covariate_keys", ()),
             categories=payload.get("categories"),
         )
+
+    @classmethod
+    def convert(
+        cls, path: str | os.PathLike, out: str | os.PathLike, *, i_trust_this_file: bool = False
+    ) -> SCVAE:
+        """Rewrite a model file of the old format (a full pickle) in the safe format.
+
+        Reading the old format unpickles it, which runs any code the file carries: use
+        this once, explicitly, on files you trust (``scvae convert-model OLD NEW
+        --i-trust-this-file``); :meth:`load` never does it.
+
+        Parameters
+        ----------
+        path
+            The old ``model.pt``.
+        out
+            Where to write the converted model.
+        i_trust_this_file
+            Must be True: your statement that the old file is trusted.
+
+        Returns
+        -------
+        SCVAE
+            The model, also written to ``out``.
+        """
+        payload = convert_legacy_file(path, out, i_trust_this_file=i_trust_this_file)
+        model = cls._from_payload(payload, Path(path), "cpu")
+        model.save(out)
+        log.info("converted %s to %s", path, out)
+        return model

@@ -108,6 +108,9 @@ def test_run_cluster_on_trained_output_with_diagnostics_and_umap_plot(pbmc_pca, 
         resolutions=[0.5, 1.0],
         diagnostics_json=run_dir / "diagnostics.json",
         umap_plot=run_dir / "figures" / "umap.png",
+        markers_tsv=run_dir / "markers.tsv",
+        marker_plot=run_dir / "figures" / "markers.png",
+        marker_genes=4,
     )
     assert record["train"] == {
         "n_latent": 10,
@@ -126,6 +129,16 @@ def test_run_cluster_on_trained_output_with_diagnostics_and_umap_plot(pbmc_pca, 
     assert np.isnan(stored["kl_per_dim"][1])
     assert final.uns["scvae"]["train"]["summary"]["epochs"] == 7
     assert (run_dir / "figures" / "umap.png").read_bytes()[:4] == b"\x89PNG"
+    # Marker genes of the clusters and of the labels, in uns and the table.
+    table = pd.read_csv(run_dir / "markers.tsv", sep="\t")
+    clusters = final.obs["scvae_leiden"].astype(str)
+    assert set(table["groupby"]) == {"scvae_leiden", "label"}
+    by_cluster = table[table["groupby"] == "scvae_leiden"]
+    assert set(by_cluster["group"].astype(str)) == set(clusters)
+    assert (by_cluster.groupby("group")["rank"].max() == 4).all()
+    assert set(final.uns["rank_genes_groups"]["names"].dtype.names) == set(clusters)
+    assert final.uns["rank_genes_groups_label"]["params"]["groupby"] == "label"
+    assert (run_dir / "figures" / "markers.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_unavailable_scvi_baseline_flows_through(pbmc_counts, tmp_path, monkeypatch):
@@ -139,8 +152,17 @@ def test_unavailable_scvi_baseline_flows_through(pbmc_counts, tmp_path, monkeypa
 
     out_json = tmp_path / "metrics.json"
     umap = tmp_path / "umap.png"
-    record = cluster.run_cluster(base, tmp_path / "final.h5ad", out_json, umap_plot=umap)
+    record = cluster.run_cluster(
+        base,
+        tmp_path / "final.h5ad",
+        out_json,
+        umap_plot=umap,
+        markers_tsv=tmp_path / "markers.tsv",
+        marker_plot=tmp_path / "markers.png",
+    )
     assert umap.is_file()  # a placeholder panel, so the pipeline's output exists
+    assert (tmp_path / "markers.png").is_file()
+    assert pd.read_csv(tmp_path / "markers.tsv", sep="\t").empty  # header only
     assert record["status"] == "unavailable"
     assert record["metrics"] == {}
     assert "scvi-tools" in json.loads(out_json.read_text())["reason"]
@@ -259,3 +281,36 @@ def test_batch_key_of():
     assert cluster.batch_key_of(adata) is None
     adata.uns["scvae"]["preprocess"]["batch_key"] = np.array("batch")
     assert cluster.batch_key_of(adata) == "batch"
+
+
+def test_run_cluster_adds_decoded_expression_below_the_size_limit(small_counts, tmp_path):
+    import torch
+
+    from scvae.model import SCVAE
+    from scvae.module.config import VAEConfig
+    from scvae.module.vae import VAE
+    from scvae.training.settings import TrainConfig
+
+    torch.manual_seed(0)
+    module = VAE(VAEConfig(n_input=small_counts.n_vars, n_latent=3, n_hidden=8)).eval()
+    model = SCVAE(module, TrainConfig(), list(small_counts.var_names))
+    model.save(tmp_path / "model.pt")
+    latent = small_counts.copy()
+    latent.obsm["X_scvae"] = model.get_latent(latent)
+    latent.write_h5ad(tmp_path / "latent.h5ad")
+    limit = small_counts.n_obs * small_counts.n_vars
+    for max_values, written in ((limit, True), (limit - 1, False), (0, False)):
+        out = tmp_path / f"final{max_values}.h5ad"
+        cluster.run_cluster(
+            tmp_path / "latent.h5ad",
+            out,
+            tmp_path / "metrics.json",
+            markers=False,
+            model_path=tmp_path / "model.pt",
+            decoded_max_values=max_values,
+        )
+        final = ad.read_h5ad(out)
+        assert (cluster.DECODED_LAYER in final.layers) is written, max_values
+    decoded = ad.read_h5ad(tmp_path / f"final{limit}.h5ad").layers[cluster.DECODED_LAYER]
+    np.testing.assert_allclose(decoded.sum(1), 1e4, rtol=1e-4)
+    np.testing.assert_allclose(decoded, model.get_normalized_expression(latent), rtol=1e-6)

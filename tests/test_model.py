@@ -103,3 +103,36 @@ def test_recorded_covariates_read_the_preprocessing_record():
     assert recorded_covariates(adata) == (None, [])
     adata.uns["scvae"] = {"preprocess": {"batch_key": "batch", "covariate_keys": np.array(["d"])}}
     assert recorded_covariates(adata) == ("batch", ["d"])
+
+
+def test_normalized_expression_is_the_decoders_proportions_times_a_library_size():
+    model, adata = _model(), _cells()
+    expr = model.get_normalized_expression(adata)
+    assert expr.shape == (30, 8) and expr.dtype == np.float32
+    np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-4)
+    # The decoder's mean at the posterior mean, with library 1: by hand.
+    x = torch.as_tensor(adata.layers["counts"].toarray())
+    c = torch.as_tensor(model.covariate_codes(adata))
+    with torch.no_grad():
+        z = model.module.inference(x, c)["qz"].loc
+        rho = model.module.generative(z, torch.ones(30, 1), x, c)["log_mu"].exp()
+    np.testing.assert_allclose(expr, 1e4 * rho.numpy(), rtol=1e-5)
+    observed = model.get_normalized_expression(adata, library_size="observed")
+    np.testing.assert_allclose(observed.sum(1), x.sum(1).numpy(), rtol=1e-4)
+
+
+def test_normalized_expression_as_if_every_cell_came_from_one_batch():
+    model, adata = _model(), _cells()
+    own = model.get_normalized_expression(adata)
+    as_p1 = model.get_normalized_expression(adata, transform_batch="p1")
+    in_p1 = (adata.obs["batch"] == "p1").to_numpy()
+    np.testing.assert_allclose(as_p1[in_p1], own[in_p1], rtol=1e-6)
+    assert not np.allclose(as_p1[~in_p1], own[~in_p1])
+    with pytest.raises(InputError, match="not one of the model's batches"):
+        model.get_normalized_expression(adata, transform_batch="p9")
+    with pytest.raises(InputError, match="a number or 'observed'"):
+        model.get_normalized_expression(adata, library_size="median")
+    module = VAE(VAEConfig(n_input=8, n_latent=2, n_hidden=8)).eval()
+    plain = SCVAE(module, TrainConfig(), model.var_names)
+    with pytest.raises(InputError, match="not conditioned on a batch"):
+        plain.get_normalized_expression(adata, transform_batch="p1")

@@ -15,6 +15,7 @@ import torch
 from scvae import compare
 from scvae.diagnostics.run import run_diagnose
 from scvae.training.run import run_train
+from scvae.utils.torchfile import load_tensor_file
 
 SETTINGS = {
     "n_latent": 4,
@@ -75,8 +76,8 @@ def test_same_seed_gives_bit_identical_latent_model_and_diagnostics(runs):
         assert np.array_equal(a.obsm[key], b.obsm[key]), key  # exact, not allclose
     assert a.obs["scvae_split"].equals(b.obs["scvae_split"])
 
-    state_a = torch.load(runs["a"] / "model.pt", weights_only=False)["state_dict"]
-    state_b = torch.load(runs["b"] / "model.pt", weights_only=False)["state_dict"]
+    state_a = load_tensor_file(runs["a"] / "model.pt", "model")[1]["state_dict"]
+    state_b = load_tensor_file(runs["b"] / "model.pt", "model")[1]["state_dict"]
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 

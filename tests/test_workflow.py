@@ -20,8 +20,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
+
+from scvae.utils.torchfile import load_tensor_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -81,7 +82,7 @@ def interrupted_run(tmp_path_factory) -> dict:
         checkpoint = workdir / "checkpoints" / "pbmc300" / variant / "seed0" / "checkpoint.pt"
         run = workdir / "results" / "pbmc300" / variant / "seed0"
         killed[variant] = {
-            "epoch": torch.load(checkpoint, weights_only=False)["state"]["epoch"]
+            "epoch": load_tensor_file(checkpoint, "checkpoint")[0]["state"]["epoch"]
             if checkpoint.exists()
             else None,
             "files": sorted(p.name for p in run.iterdir()) if run.exists() else [],

@@ -17,15 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scvae.errors import InputError
 from scvae.module.config import VAEConfig
 from scvae.module.vae import VAE
 from scvae.training.settings import TrainConfig, settings_hash
-from scvae.utils.atomic import atomic_path
+from scvae.utils.torchfile import UnsafeFileError, load_tensor_file, save_tensor_file
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 """File name of the checkpoint in a run's checkpoint directory."""
+
+CHECKPOINT_KIND = "checkpoint"
+"""The kind of a checkpoint file (:func:`scvae.utils.torchfile.save_tensor_file`)."""
 
 RESUMABLE_KEYS = ("checkpoint_every", "threads", "device")
 """Training settings that do not change what is computed: a checkpoint written under
@@ -136,15 +140,15 @@ def save_checkpoint(
     run_hash
         The run's :func:`training_hash`.
     """
-    payload = {
-        "run_hash": run_hash,
-        "module": module.state_dict(),
+    tensors = {
+        "module": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        # Tensors, numbers and tuples only: weights_only=True loads it.
         "optimizer": optimizer.state_dict(),
-        "state": state.__dict__,
         "torch_rng": torch.get_rng_state(),
     }
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(payload, handle)  # a file object: a full disk is an OSError
+    # A file object inside: a full disk is an OSError; no code runs when it is read.
+    metadata = {"run_hash": run_hash, "state": state.__dict__}
+    save_tensor_file(path, CHECKPOINT_KIND, tensors, metadata)
 
 
 def load_checkpoint(
@@ -172,15 +176,27 @@ def load_checkpoint(
     TrainState or None
         The saved progress, or None (start from scratch) when there is no checkpoint,
         it cannot be read, or it belongs to another run.
+
+    Raises
+    ------
+    InputError
+        When the checkpoint holds Python objects beyond tensors and plain values (an
+        old-format or crafted file): it is not unpickled, and not silently discarded.
     """
     if not path.exists():
         return None
     try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # a checkpoint cut short by a kill: start over, loudly
+        metadata, payload = load_tensor_file(path, CHECKPOINT_KIND, map_location=device)
+    except UnsafeFileError as err:
+        # Never unpickled; and not silently replaced either: say what it is.
+        raise InputError(
+            f"{err}. An old or foreign checkpoint is never resumed: delete {path} to train "
+            "from scratch"
+        ) from None
+    except InputError as err:  # a checkpoint cut short by a kill: start over, loudly
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, err)
         return None
-    if payload.get("run_hash") != run_hash:
+    if metadata.get("run_hash") != run_hash:
         log.warning(
             "checkpoint %s was written with other settings, data or model layers; training "
             "from scratch",
@@ -189,8 +205,8 @@ def load_checkpoint(
         return None
     module.load_state_dict(payload["module"])
     optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["torch_rng"])
-    state = TrainState(**payload["state"])
+    torch.set_rng_state(payload["torch_rng"].cpu())
+    state = TrainState(**metadata["state"])
     log.info("resuming from %s after epoch %d (step %d)", path, state.epoch, state.step)
     return state
 

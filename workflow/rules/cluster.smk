@@ -2,6 +2,7 @@ rule cluster:
     input:
         latent="results/{dataset}/{name}/seed{seed}/latent.h5ad",
         diagnostics=cluster_diagnostics,
+        model=cluster_model,
     output:
         final="results/{dataset}/{name}/seed{seed}/final.h5ad",
         metrics="results/{dataset}/{name}/seed{seed}/metrics.json",
@@ -11,12 +12,20 @@ rule cluster:
             category="UMAP",
             labels={"dataset": "{dataset}", "run": "{name}", "seed": "{seed}"},
         ),
+        markers="results/{dataset}/{name}/seed{seed}/markers.tsv",
+        marker_plot=report(
+            "results/{dataset}/{name}/seed{seed}/figures/markers.png",
+            caption="../report/markers.rst",
+            category="Marker genes",
+            labels={"dataset": "{dataset}", "run": "{name}", "seed": "{seed}"},
+        ),
     log:
         "logs/{dataset}/{name}/seed{seed}/cluster.log",
     params:
         cli=SCVAE,
         settings=cluster_json,
         diagnostics=lambda wc, input: f"--diagnostics {input.diagnostics}" if input.diagnostics else "",
+        model=lambda wc, input: f"--model {input.model}" if input.model else "",
     threads: config["threads"]
     group:
         small_job_group
@@ -28,4 +37,5 @@ rule cluster:
     shell:
         "{params.cli} --log {log} cluster --input {input.latent} --output {output.final} "
         "--metrics {output.metrics} {params.diagnostics} --umap-plot {output.umap} "
+        "--markers {output.markers} --marker-plot {output.marker_plot} {params.model} "
         "--params {params.settings:q}"

@@ -72,11 +72,54 @@ wildcard_constraints:
     name="|".join([*map(re.escape, VARIANTS), BASELINE_PATTERN]),
 
 
+# Query datasets mapped onto a trained run (workflow/rules/map.smk, included with `query:`).
+QUERIES = config["query"]
+for _name, _q in QUERIES.items():
+    if _q["reference"] not in config["datasets"]:
+        raise ValueError(
+            f"config: query {_name!r} names reference {_q['reference']!r}, which is not in "
+            f"datasets ({list(config['datasets'])})"
+        )
+    if _q["variant"] not in config["variants"]:
+        raise ValueError(
+            f"config: query {_name!r} names variant {_q['variant']!r}, which is not defined "
+            f"in variants ({VARIANTS})"
+        )
+
+
+def query_dir(name):
+    """The folder of a query's mapping: under the run it is mapped onto."""
+    q = QUERIES[name]
+    return f"results/{q['reference']}/{q['variant']}/seed{q['seed']}/map/{name}"
+
+
 def all_targets():
     targets = []
     for dataset in config["datasets"]:
         targets.append(f"results/{dataset}/comparison.tsv")
+    targets += [f"{query_dir(name)}/map.json" for name in QUERIES]
     return targets
+
+
+def query_input(wildcards):
+    return QUERIES[wildcards.query]["path"]
+
+
+def query_options(wildcards):
+    """The query's reading options and batch column, quoted."""
+    q = QUERIES[wildcards.query]
+    opts = []
+    for key in ("format", "layer", "label_key", "batch_key"):
+        if q.get(key):
+            opts += [f"--{key.replace('_', '-')}", q[key]]
+    if q.get("transpose"):
+        opts.append("--transpose")
+    return shlex.join(opts)
+
+
+def query_json(wildcards):
+    q = QUERIES[wildcards.query]
+    return json.dumps({"n_neighbors": q["n_neighbors"], "epochs": q["epochs"], "seed": q["seed"]})
 
 
 def dataset_files(dataset):
@@ -262,4 +305,11 @@ def compare_notes(wildcards):
 def cluster_diagnostics(wildcards):
     if wildcards.name in VARIANTS:
         return f"results/{wildcards.dataset}/{wildcards.name}/seed{wildcards.seed}/diagnostics.json"
+    return []
+
+
+def cluster_model(wildcards):
+    """The model of a VAE run (its decoded expression goes into final.h5ad); none for baselines."""
+    if wildcards.name in VARIANTS:
+        return f"results/{wildcards.dataset}/{wildcards.name}/seed{wildcards.seed}/model.pt"
     return []
