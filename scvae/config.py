@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS, default_settings
 
 
-def resolve_variant(config: Mapping, variant: str, seed: int) -> dict:
+def resolve_variant(config: Mapping, variant: str, seed: int, *, batches: bool = False) -> dict:
     """Complete settings of one run: package defaults, config ``defaults``, variant, seed.
 
-    Later sources override earlier ones.
+    Later sources override earlier ones; on a dataset with batches the variant's entry of
+    ``config["with_batches"]`` comes after the variant.
 
     Parameters
     ----------
@@ -20,6 +21,8 @@ def resolve_variant(config: Mapping, variant: str, seed: int) -> dict:
         Name of a key of ``config["variants"]``.
     seed
         Replicate seed.
+    batches
+        Whether the dataset has batches (``batch_key`` or ``samples``).
 
     Returns
     -------
@@ -33,7 +36,13 @@ def resolve_variant(config: Mapping, variant: str, seed: int) -> dict:
         raise KeyError(
             f"variant {variant!r} is not defined in config 'variants' ({sorted(variants)})"
         )
-    chosen = {**config.get("defaults", {}), **(variants[variant] or {}), "seed": int(seed)}
+    with_batches = (config.get("with_batches") or {}).get(variant) if batches else None
+    chosen = {
+        **config.get("defaults", {}),
+        **(variants[variant] or {}),
+        **(with_batches or {}),
+        "seed": int(seed),
+    }
     unknown = sorted(set(chosen) - MODEL_KEYS - TRAIN_KEYS)
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown setting(s) {unknown}")

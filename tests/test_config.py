@@ -74,3 +74,16 @@ def test_resolve_variant_returns_every_setting_with_the_config_on_top():
     assert settings["n_latent"] == 3
     assert settings["seed"] == 2
     assert settings["lr"] == default_settings()["lr"]
+
+
+def test_with_batches_replaces_a_variants_settings_on_data_with_batches_only():
+    config = {
+        "defaults": {"max_epochs": 7},
+        "variants": {"v": {"n_latent": 20, "decoder_layers": 0}, "w": {}},
+        "with_batches": {"v": {"decoder_layers": 1, "max_epochs": 400}},
+    }
+    plain = resolve_variant(config, "v", 0)
+    batched = resolve_variant(config, "v", 0, batches=True)
+    assert (plain["decoder_layers"], plain["max_epochs"]) == (0, 7)
+    assert (batched["decoder_layers"], batched["max_epochs"], batched["n_latent"]) == (1, 400, 20)
+    assert resolve_variant(config, "w", 0, batches=True) == resolve_variant(config, "w", 0)

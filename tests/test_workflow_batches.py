@@ -6,6 +6,7 @@ of a batch column; the command they print is then run through ``scvae.cli.main``
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -130,6 +131,37 @@ def test_a_changed_sample_file_reruns_the_preprocessing(workdir):
     proc = _snakemake(workdir, "-n", target)
     assert proc.returncode == 0, proc.stderr
     assert "Updated input files: data/stim.h5ad" in proc.stdout
+
+
+def _train_settings(stdout: str) -> dict[str, dict]:
+    """The dry run's train settings (``-p``), by dataset."""
+    settings = {}
+    for line in stdout.splitlines():
+        if " train " in line and "--settings" in line:
+            words = shlex.split(line.split("Shell command:", 1)[-1])
+            dataset = Path(words[words.index("--model") + 1]).parents[2].name
+            settings[dataset] = json.loads(words[words.index("--settings") + 1])
+    return settings
+
+
+def test_with_batches_settings_apply_to_datasets_with_batches_only(workdir):
+    path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["datasets"]["plain"] = {"path": "data/plates.h5ad"}
+    config["with_batches"] = {"recommended": {"decoder_layers": 2, "n_latent": 5}}
+    path.write_text(yaml.safe_dump(config))
+    targets = [f"results/{d}/recommended/seed0/latent.h5ad" for d in ("plated", "plain")]
+    proc = _snakemake(workdir, "-n", "-p", *targets)
+    assert proc.returncode == 0, proc.stderr
+    settings = _train_settings(proc.stdout)
+    assert (settings["plated"]["decoder_layers"], settings["plated"]["n_latent"]) == (2, 5)
+    differ = {k: v for k, v in settings["plated"].items() if settings["plain"][k] != v}
+    assert differ == {"decoder_layers": 2, "n_latent": 5}
+
+    config["with_batches"] = {"undefined": {"n_latent": 5}}
+    path.write_text(yaml.safe_dump(config))
+    proc = _snakemake(workdir, "-n")
+    assert proc.returncode != 0 and "with_batches names 'undefined'" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,10 @@ from scvae.config import preprocess_settings, resolve_variant
 # validate() fills in the schema's defaults everywhere a settings object appears, variants
 # included; a variant must keep only the keys the user set, since it overrides `defaults`.
 _variant_overrides = copy.deepcopy(config.get("variants"))
+_batch_overrides = copy.deepcopy(config.get("with_batches") or {})
 validate(config, schema="../../config/config.schema.yaml")
 config["variants"] = {k: v or {} for k, v in _variant_overrides.items()}
+config["with_batches"] = {k: v or {} for k, v in _batch_overrides.items()}
 
 # The command of every rule is the Python that runs Snakemake (a venv with scvae
 # installed), or, with `--sdm conda`, the env's Python importing the package from this
@@ -38,6 +40,11 @@ for _v in config["run_variants"]:
     if _v not in config["variants"]:
         raise ValueError(
             f"config: run_variants names {_v!r}, which is not defined in variants ({VARIANTS})"
+        )
+for _v in config["with_batches"]:
+    if _v not in config["variants"]:
+        raise ValueError(
+            f"config: with_batches names {_v!r}, which is not defined in variants ({VARIANTS})"
         )
 SCVI_AVAILABLE = importlib.util.find_spec("scvi") is not None
 SCVI_WANTED = bool(config["baselines"]["scvi"] or config["baselines"]["scvi_epochs"])
@@ -160,7 +167,12 @@ def preprocess_json(wildcards):
 
 
 def variant_settings(wildcards):
-    return resolve_variant(config, wildcards.variant, int(wildcards.seed))
+    return resolve_variant(
+        config,
+        wildcards.variant,
+        int(wildcards.seed),
+        batches=dataset_has_batches(config["datasets"][wildcards.dataset]),
+    )
 
 
 def variant_json(wildcards):
