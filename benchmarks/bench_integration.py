@@ -206,9 +206,7 @@ def run_one(adata, X_pre: np.ndarray, method: dict, seed: int) -> dict:
         b = batch_in_latent(X, adata.obs[BATCH].to_numpy(), seed=seed)
         info["batch_in_z"], info["batch_chance"] = b["accuracy"], b["chance"]
     t = time.perf_counter()
-    scores = scib_scores(
-        X, adata.obs[BATCH].to_numpy(), adata.obs["label"].to_numpy(), X_pre=X_pre
-    )
+    scores = scib_scores(X, adata.obs[BATCH].to_numpy(), adata.obs["label"].to_numpy(), X_pre=X_pre)
     record = {**info, **scores}
     record["embed_seconds"] = embed_seconds
     record["scib_seconds"] = time.perf_counter() - t
