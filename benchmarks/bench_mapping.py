@@ -18,23 +18,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 import scvae
+from scvae.config import resolve_variant
 from scvae.mapping import map_query
 from scvae.markers import marker_table, rank_markers
 from scvae.preprocess import preprocess
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RECOMMENDED = {
-    "n_latent": 20,
-    "batch_size": 256,
-    "max_epochs": 25,
-    "decoder_layers": 0,
-    "kl_schedule": "linear",
-    "warmup_fraction": 0.5,
-    "free_bits": 0.5,
-    "calibrated_dispersion": True,
-}
+CONFIG = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text()
+)
+
+
+def recommended(*, batches: bool) -> dict:
+    """The ``recommended`` variant's settings from the workflow config (seed excluded)."""
+    settings = resolve_variant(CONFIG, "recommended", 0, batches=batches)
+    settings.pop("seed")
+    return settings
 
 
 def run_case(name, reference, query, *, batch_key, seed, epochs, extra=None) -> dict:
@@ -42,7 +44,7 @@ def run_case(name, reference, query, *, batch_key, seed, epochs, extra=None) -> 
     reference = reference.copy()
     preprocess(reference, batch_key=batch_key)
     started = time.perf_counter()
-    settings = {**RECOMMENDED, **(extra or {})}
+    settings = {**recommended(batches=batch_key is not None), **(extra or {})}
     model = scvae.train(reference, batch_key=batch_key, seed=seed, progress=False, **settings)
     reference.obsm["X_scvae"] = model.get_latent(reference)
     _, _, record = map_query(

@@ -5,7 +5,8 @@ Usage (from the repository root; scVI needs the `scvi` extra, e.g. in .venv-benc
     python benchmarks/bench_quality.py run --methods recommended vanilla pca scvi \\
         --seeds 0 1 2 3 4 --jobs 2
     python benchmarks/bench_quality.py table          # the tables, from the records
-    python benchmarks/bench_quality.py lodo --candidates recommended c_long c_steps ...
+    python benchmarks/bench_quality.py lodo --candidates recommended rec_previous ...
+    python benchmarks/bench_quality.py ablation --candidates recommended rec_mlp ...
 
 The suite: PBMC 4k, mouse bladder and worm neurons (X/Y files), and the two conditions
 of the Kang PBMC file as two single-batch datasets (control, stimulated), all from
@@ -291,11 +292,22 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def current_records(methods: dict[str, dict]) -> pd.DataFrame:
-    """Records of the methods as they are defined now (stale settings left out)."""
+    """Records of the methods as they are defined now, under their current names.
+
+    A record belongs to the method whose settings hash it carries, whatever the name it
+    was run under (a candidate that became ``recommended`` keeps its runs); records of
+    settings no method has now are left out.
+    """
+    names: dict[str, str] = {}
+    for name, method in methods.items():
+        h = method_hash(method)
+        if h in names:
+            sys.exit(f"methods {names[h]!r} and {name!r} have the same settings")
+        names[h] = name
     rows = [
-        r
+        {**r, "method": names[r["method_hash"]]}
         for r in read_records()
-        if r["method"] in methods and r["method_hash"] == method_hash(methods[r["method"]])
+        if r["method_hash"] in names
     ]
     return pd.DataFrame(rows)
 
@@ -365,6 +377,39 @@ def cmd_lodo(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_ablation(args: argparse.Namespace) -> None:
+    """Each candidate's change in KMeans / Leiden ARI from ``--base``, and held-out IWAE."""
+    df = current_records(load_methods())
+    means = df.groupby(["method", "dataset"])[["kmeans_ari", "leiden_ari_best", "iwae_val"]]
+    means, seeds = means.mean(), df.groupby(["method", "dataset"])["seed"].nunique()
+    datasets = [d for d in DATASETS if d in set(df["dataset"])]
+    print(f"\n| change from {args.base} | seeds | " + " | ".join(datasets) + " | mean |")
+    print("|---|---|" + "---|" * (len(datasets) + 1))
+    for m in args.candidates:
+        cells, deltas = [], []
+        for d in datasets:
+            if (m, d) in means.index and (args.base, d) in means.index:
+                delta = means.loc[(m, d)] - means.loc[(args.base, d)]
+                cells.append(f"{delta['kmeans_ari']:+.3f} / {delta['leiden_ari_best']:+.3f}")
+                deltas.append(delta)
+            else:
+                cells.append("")
+        n = sorted({int(seeds[(m, d)]) for d in datasets if (m, d) in seeds.index})
+        mean = pd.DataFrame(deltas).mean() if len(deltas) == len(datasets) else None
+        total = (
+            "" if mean is None else f"{mean['kmeans_ari']:+.3f} / {mean['leiden_ari_best']:+.3f}"
+        )
+        print(f"| {m} | {'-'.join(map(str, n))} | " + " | ".join(cells) + f" | {total} |")
+    print("\n| held-out log-likelihood per cell | " + " | ".join(datasets) + " |")
+    print("|---|" + "---|" * len(datasets))
+    for m in args.likelihood:
+        cells = [
+            f"{means.loc[(m, d), 'iwae_val']:.1f}" if (m, d) in means.index else ""
+            for d in datasets
+        ]
+        print(f"| {m} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -382,6 +427,11 @@ def main() -> None:
     p.add_argument("--candidates", nargs="+", required=True)
     p.add_argument("--criterion", nargs="+", default=["kmeans_ari", "leiden_ari_best"])
     p.set_defaults(func=cmd_lodo)
+    p = sub.add_parser("ablation", help="change of each candidate from a base; IWAE table")
+    p.add_argument("--base", default="rec_previous")
+    p.add_argument("--candidates", nargs="+", required=True)
+    p.add_argument("--likelihood", nargs="+", default=["recommended", "rec_previous", "scvi"])
+    p.set_defaults(func=cmd_ablation)
     args = parser.parse_args()
     args.func(args)
 
