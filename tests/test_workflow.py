@@ -141,6 +141,7 @@ def test_workflow_writes_the_comparison_and_final_files(test_run):
     assert final.obsm["X_umap"].shape == (final.n_obs, 2)
     assert final.obs["scvae_leiden"].dtype == "category"
     assert "label" in final.obs
+    assert final.uns["scvae"]["train"]["training"]["warmup_fraction"] == 0.5  # no batches
     scvae_uns = final.uns["scvae"]
     assert scvae_uns["diagnostics"]["verdict"] in {"healthy", "partial collapse", "collapsed"}
     assert {"preprocess", "train", "cluster"} <= set(scvae_uns)
@@ -181,6 +182,7 @@ def test_a_dataset_with_batches_is_integrated_and_scored_with_scib(test_run):
     assert final.obs["batch"].nunique() == 3 and "label" in final.obs
     train = final.uns["scvae"]["train"]
     assert train["model"]["condition_on_batch"] and train["model"]["n_batch"] == 3
+    assert train["training"]["warmup_fraction"] == 1.0  # the config's with_batches
     assert list(train["categories"]["batch"]) == sorted(pre.obs["batch"].unique())
 
 
