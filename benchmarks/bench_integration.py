@@ -84,6 +84,8 @@ def load_methods(config_path: Path = ROOT / "config" / "config.yaml") -> dict[st
 
     config = yaml.safe_load(config_path.read_text())
     spec = yaml.safe_load(METHODS.read_text())
+    # Candidates start from a variant's own settings; the variants themselves run as the
+    # workflow runs them on data with batches (their `with_batches` settings applied).
     variants: dict[str, dict] = {}
     for name in config["variants"]:
         settings = resolve_variant(config, name, 0)
@@ -91,7 +93,9 @@ def load_methods(config_path: Path = ROOT / "config" / "config.yaml") -> dict[st
         variants[name] = settings
     methods: dict[str, dict] = {}
     for name in spec.get("variants") or []:
-        methods[name] = {"kind": "vae", "settings": dict(variants[name])}
+        settings = resolve_variant(config, name, 0, batches=True)
+        settings.pop("seed")
+        methods[name] = {"kind": "vae", "settings": settings}
     for name, extra in (spec.get("candidates") or {}).items():
         extra = dict(extra)
         base = dict(variants[extra.pop("base", "recommended")])
@@ -232,13 +236,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     unknown = [m for m in args.methods if m not in methods]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; known: {sorted(methods)}")
-    done = {(r["dataset"], r["method"], r["method_hash"], r["seed"]) for r in read_records()}
+    done = {(r["dataset"], r["method_hash"], r["seed"]) for r in read_records()}
     tasks = [
         (d, m, seed)
         for d in args.datasets
         for seed in args.seeds
         for m in args.methods
-        if (d, m, method_hash(methods[m]), seed) not in done
+        if (d, method_hash(methods[m]), seed) not in done
     ]
     if args.seed_major is False:  # method by method: every seed of one before the next
         tasks.sort(key=lambda t: (args.datasets.index(t[0]), args.methods.index(t[1]), t[2]))
@@ -278,13 +282,25 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def current_records(methods: dict[str, dict]) -> pd.DataFrame:
-    """Records of the methods as they are defined now (stale settings left out)."""
-    rows = [
-        r
-        for r in read_records()
-        if r["method"] in methods and r["method_hash"] == method_hash(methods[r["method"]])
-    ]
-    return pd.DataFrame(rows)
+    """Records of the methods as they are defined now, under their current names.
+
+    A record belongs to the method whose settings hash it carries, whatever the name it
+    was run under (a candidate that became ``recommended`` keeps its runs); records of
+    settings no method has now are left out.
+    """
+    names: dict[str, str] = {}
+    for name, method in methods.items():
+        h = method_hash(method)
+        if h in names:
+            sys.exit(f"methods {names[h]!r} and {name!r} have the same settings")
+        names[h] = name
+    return pd.DataFrame(
+        [
+            {**r, "method": names[r["method_hash"]]}
+            for r in read_records()
+            if r["method_hash"] in names
+        ]
+    )
 
 
 def _fmt(values: pd.Series, digits: int = 3) -> str:

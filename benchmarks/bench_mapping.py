@@ -5,7 +5,7 @@ Trains the ``recommended`` variant's settings on a reference, maps a query with
 prints the accuracy of the kNN label transfer against the query's own labels, and the
 top marker genes of each Kang cell type. docs/interpretation.md quotes its output.
 
-Run (about 3 minutes on 2 cores)::
+Run (about 10 minutes on 2 cores)::
 
     python benchmarks/bench_mapping.py --out benchmarks/mapping_records.json
 """
