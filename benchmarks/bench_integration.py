@@ -33,7 +33,6 @@ method, the hash of its settings and seed); a rerun skips what is there.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -50,6 +49,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from records import current_records, method_hash, read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -106,21 +106,6 @@ def load_methods(config_path: Path = ROOT / "config" / "config.yaml") -> dict[st
             sys.exit(f"baseline {name!r}: the name must start with pca, harmony or scvi")
         methods[name] = {"kind": kind, "kwargs": kwargs or {}}
     return methods
-
-
-def method_hash(method: dict) -> str:
-    """Short hash of a method's definition: records of other settings are not reused.
-
-    VAE settings enter with the keys that differ from the package defaults only, so that
-    a new setting (added with a default that keeps the old behaviour) keeps the records.
-    """
-    from scvae.training.settings import default_settings
-
-    if method["kind"] == "vae":
-        defaults = default_settings()
-        changed = {k: v for k, v in method["settings"].items() if defaults.get(k) != v}
-        method = {**method, "settings": changed}
-    return hashlib.sha256(json.dumps(method, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------- data
@@ -219,13 +204,6 @@ def run_one(adata, X_pre: np.ndarray, method: dict, seed: int) -> dict:
     return record
 
 
-def read_records(path: Path = RECORDS) -> list[dict]:
-    """Every record written so far."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def cmd_run(args: argparse.Namespace) -> None:
     import torch
 
@@ -236,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     unknown = [m for m in args.methods if m not in methods]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; known: {sorted(methods)}")
-    done = {(r["dataset"], r["method_hash"], r["seed"]) for r in read_records()}
+    done = {(r["dataset"], r["method_hash"], r["seed"]) for r in read_records(RECORDS)}
     tasks = [
         (d, m, seed)
         for d in args.datasets
@@ -281,28 +259,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- tables
 
 
-def current_records(methods: dict[str, dict]) -> pd.DataFrame:
-    """Records of the methods as they are defined now, under their current names.
-
-    A record belongs to the method whose settings hash it carries, whatever the name it
-    was run under (a candidate that became ``recommended`` keeps its runs); records of
-    settings no method has now are left out.
-    """
-    names: dict[str, str] = {}
-    for name, method in methods.items():
-        h = method_hash(method)
-        if h in names:
-            sys.exit(f"methods {names[h]!r} and {name!r} have the same settings")
-        names[h] = name
-    return pd.DataFrame(
-        [
-            {**r, "method": names[r["method_hash"]]}
-            for r in read_records()
-            if r["method_hash"] in names
-        ]
-    )
-
-
 def _fmt(values: pd.Series, digits: int = 3) -> str:
     values = values.dropna().astype(float)
     if values.empty:
@@ -314,7 +270,7 @@ def _fmt(values: pd.Series, digits: int = 3) -> str:
 
 def cmd_table(args: argparse.Namespace) -> None:
     methods = load_methods()
-    df = current_records(methods)
+    df = current_records(methods, RECORDS)
     if df.empty:
         sys.exit("no records yet: run `bench_integration.py run` first")
     shown = args.methods or list(dict.fromkeys(m for m in methods if m in set(df["method"])))

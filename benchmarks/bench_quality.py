@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import hashlib
 import json
 import multiprocessing
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from records import current_records, method_hash, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -89,21 +89,6 @@ def load_methods(config_path: Path = ROOT / "config" / "config.yaml") -> dict[st
     for name, kwargs in (spec.get("scvi") or {}).items():
         methods[name] = {"kind": "scvi", "kwargs": kwargs or {}}
     return methods
-
-
-def method_hash(method: dict) -> str:
-    """Short hash of a method's definition: records of other settings are not reused.
-
-    VAE settings enter with the keys that differ from the package defaults only, so that
-    a new setting (added with a default that keeps the old behaviour) keeps the records.
-    """
-    from scvae.training.settings import default_settings
-
-    if method["kind"] == "vae":
-        defaults = default_settings()
-        changed = {k: v for k, v in method["settings"].items() if defaults.get(k) != v}
-        method = {**method, "settings": changed}
-    return hashlib.sha256(json.dumps(method, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------- data
@@ -235,13 +220,6 @@ def _task(args: tuple) -> tuple:
         return args, None, f"{type(err).__name__}: {err}"
 
 
-def read_records(path: Path = RECORDS) -> list[dict]:
-    """Every record written so far."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def cmd_run(args: argparse.Namespace) -> None:
     methods = load_methods()
     names = []
@@ -252,12 +230,12 @@ def cmd_run(args: argparse.Namespace) -> None:
             sys.exit(f"unknown method {m!r}; known: {sorted(methods)}")
         else:
             names.append(m)
-    done = {(r["dataset"], r["method"], r["method_hash"], r["seed"]) for r in read_records()}
+    done = {(r["dataset"], r["method_hash"], r["seed"]) for r in read_records(RECORDS)}
     tasks = []
     for name in args.datasets:
         for m in names:
             for seed in args.seeds:
-                key = (name, m, method_hash(methods[m]), seed)
+                key = (name, method_hash(methods[m]), seed)
                 if key not in done:
                     tasks.append((name, m, methods[m], seed))
     # Preprocess each dataset once before the workers read it.
@@ -291,27 +269,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- tables
 
 
-def current_records(methods: dict[str, dict]) -> pd.DataFrame:
-    """Records of the methods as they are defined now, under their current names.
-
-    A record belongs to the method whose settings hash it carries, whatever the name it
-    was run under (a candidate that became ``recommended`` keeps its runs); records of
-    settings no method has now are left out.
-    """
-    names: dict[str, str] = {}
-    for name, method in methods.items():
-        h = method_hash(method)
-        if h in names:
-            sys.exit(f"methods {names[h]!r} and {name!r} have the same settings")
-        names[h] = name
-    rows = [
-        {**r, "method": names[r["method_hash"]]}
-        for r in read_records()
-        if r["method_hash"] in names
-    ]
-    return pd.DataFrame(rows)
-
-
 def _fmt(mean: float, sd: float, n: int) -> str:
     if n > 1 and np.isfinite(sd):
         return f"{mean:.3f} ± {sd:.3f}"
@@ -328,7 +285,7 @@ def reference(df: pd.DataFrame, metric: str) -> pd.Series:
 
 def cmd_table(args: argparse.Namespace) -> None:
     methods = load_methods()
-    df = current_records(methods)
+    df = current_records(methods, RECORDS)
     if df.empty:
         sys.exit("no records yet: run `bench_quality.py run` first")
     shown = args.methods or sorted(df["method"].unique())
@@ -354,7 +311,7 @@ def cmd_lodo(args: argparse.Namespace) -> None:
     from scvae.selection import leave_one_dataset_out
 
     methods = load_methods()
-    df = current_records(methods)
+    df = current_records(methods, RECORDS)
     out = leave_one_dataset_out(df, args.candidates, args.criterion)
     refs = {m: reference(df, m) for m in ("kmeans_ari", "leiden_ari_best")}
     print(
@@ -379,7 +336,7 @@ def cmd_lodo(args: argparse.Namespace) -> None:
 
 def cmd_ablation(args: argparse.Namespace) -> None:
     """Each candidate's change in KMeans / Leiden ARI from ``--base``, and held-out IWAE."""
-    df = current_records(load_methods())
+    df = current_records(load_methods(), RECORDS)
     means = df.groupby(["method", "dataset"])[["kmeans_ari", "leiden_ari_best", "iwae_val"]]
     means, seeds = means.mean(), df.groupby(["method", "dataset"])["seed"].nunique()
     datasets = [d for d in DATASETS if d in set(df["dataset"])]
