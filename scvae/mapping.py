@@ -38,6 +38,7 @@ from scvae.errors import InputError
 from scvae.model import SCVAE
 from scvae.module.encoding import module_device
 from scvae.module.vae import VAE
+from scvae.training.objective import FreeBitsELBO
 from scvae.utils.jsonio import jsonable, write_json
 
 __all__ = [
@@ -246,22 +247,6 @@ def query_categories(
     return out
 
 
-def _elbo(module: VAE, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-    """The ELBO of each cell (one reparametrized sample), KL weight 1."""
-    q = module.inference(x, c)
-    z = q["qz"].rsample()
-    kl = torch.distributions.kl_divergence(q["qz"], module.prior_z(z)).sum(-1)
-    if q["ql"] is not None:
-        log_l = q["ql"].rsample()
-        prior = module.prior_l(x.shape[0], c)
-        kl = kl + torch.distributions.kl_divergence(q["ql"], prior).sum(-1)
-        library = log_l.exp()
-    else:
-        library = module.library(x)
-    px = module.generative(z, library, x, c)["px"]
-    return px.log_prob(x).sum(-1) - kl
-
-
 def _set_library_priors(model: SCVAE, X: sp.csr_matrix, codes: np.ndarray, n_old: int) -> None:
     """The latent library's prior of each new batch: its cells' log total counts."""
     module = model.module
@@ -332,12 +317,13 @@ def fine_tune(
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
     losses = []
+    objective = FreeBitsELBO()  # the training objective's per-cell terms, KL weight 1
     module.eval()
     try:
         for epoch in range(epochs):
             total, n = 0.0, 0
             for x, c in loader.epoch(epoch, device):
-                loss = -_elbo(module, x, c).sum()
+                loss = -objective.terms(module.model, module.guide, x, c).elbo.sum()
                 optimizer.zero_grad()
                 (loss / x.shape[0]).backward()
                 optimizer.step()

@@ -67,12 +67,12 @@ def log_normalized(counts: sp.spmatrix | np.ndarray) -> sp.csr_matrix:
     scipy.sparse.csr_matrix
         The log-normalized values; a cell without counts stays all zero.
     """
-    X = sp.csr_matrix(counts, dtype=np.float32, copy=True)
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-    X = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ X)
-    np.log1p(X.data, out=X.data)
-    return X
+    import scanpy as sc
+
+    work = ad.AnnData(sp.csr_matrix(counts, dtype=np.float32, copy=True))
+    sc.pp.normalize_total(work, target_sum=TARGET_SUM)
+    sc.pp.log1p(work)
+    return sp.csr_matrix(work.X)
 
 
 def _marker_cells(
