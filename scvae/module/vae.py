@@ -330,25 +330,19 @@ class VAE(nn.Module):
         With a batch (``config.n_batch > 0``) each cell gets its batch's prior, read from
         the codes ``c``.
         """
-        if self.config.n_batch:
-            b = self._batch_codes(c)
-            return torch.distributions.Normal(
-                self.library_log_mean[b].unsqueeze(-1),
-                self.library_log_scale[b].unsqueeze(-1),
-                validate_args=False,
-            )
-        return torch.distributions.Normal(
-            self.library_log_mean, self.library_log_scale, validate_args=False
-        ).expand((n, 1))
+        loc, scale = self._library_loc_scale(c)
+        return torch.distributions.Normal(loc, scale, validate_args=False).expand((n, 1))
 
     def library_prior(self, n: int, c: torch.Tensor | None = None) -> dist.Normal:
         """The Pyro library prior of :meth:`model` (per batch with a batch), batch shape (n, 1)."""
+        return dist.Normal(*self._library_loc_scale(c)).expand([n, 1])
+
+    def _library_loc_scale(self, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of the log-library prior: per cell's batch with a batch."""
         if self.config.n_batch:
             b = self._batch_codes(c)
-            return dist.Normal(
-                self.library_log_mean[b].unsqueeze(-1), self.library_log_scale[b].unsqueeze(-1)
-            )
-        return dist.Normal(self.library_log_mean, self.library_log_scale).expand([n, 1])
+            return self.library_log_mean[b].unsqueeze(-1), self.library_log_scale[b].unsqueeze(-1)
+        return self.library_log_mean, self.library_log_scale
 
     def _batch_codes(self, c: torch.Tensor | None) -> torch.Tensor:
         """The batch codes (the first column of ``c``), checked."""
