@@ -15,5 +15,6 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "train": "scvae.training.loop",
         "read_counts": "scvae.data.readers",
         "read_h5ad": "scvae.data.h5ad",
+        "read_run": "scvae.data.runs",
     },
 )

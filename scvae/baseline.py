@@ -7,10 +7,12 @@ runs a dataset gets are in :mod:`scvae.baseline_names`.
 
 Baseline h5ad contract (written by :func:`run_baseline`)
 --------------------------------------------------------
-- Everything from the input h5ad (``X``, ``layers["counts"]``, ``obs``, ``var``, other
-  ``uns`` sections), except ``obsm["X_scvae"]``, ``obsm["X_scvae_scale"]`` and
-  ``uns["scvae"]["train"]``, which are dropped if present so that nothing is mistaken
-  for a trained model's output.
+- A run file (:func:`scvae.data.runs.write_run`) that extends the input h5ad: its
+  ``obs`` and ``uns`` (without ``uns["scvae"]["train"]``, so that nothing is mistaken for
+  a trained model's output) and the embedding; :func:`scvae.data.runs.read_run` attaches
+  the counts and the rest of the input. Counts on disk (inputs of 1 GiB or more, see
+  :func:`scvae.data.h5ad.read_h5ad`) stay there: the PCA reads them in chunks
+  (:func:`pca_embedding`); scVI reads them all into memory.
 - ``uns["scvae"]["baseline"]``: ``method`` (str), ``n_components`` (int, the embedding's
   dimension; absent only for an unavailable scVI asked for no particular size),
   ``seed`` (int), ``status`` (``"ok"`` or ``"unavailable"``) and:
@@ -38,10 +40,12 @@ without batches) and ``uns["scvae"]["preprocess"]["covariate_keys"]``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 
 import anndata as ad
 import numpy as np
@@ -50,7 +54,10 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from scvae.baseline_names import BASELINE_METHODS, HARMONY_N_COMPONENTS, baseline_name
-from scvae.data.h5ad import read_h5ad, write_h5ad
+from scvae.data.h5ad import read_h5ad
+from scvae.data.loaders import counts_matrix
+from scvae.data.ondisk import H5CSR, is_ondisk, row_chunks, row_sums, take_rows
+from scvae.data.runs import write_run
 from scvae.errors import InputError
 
 __all__ = [
@@ -71,20 +78,28 @@ class BaselineUnavailable(ImportError):
     """A baseline cannot run here because an optional dependency is missing."""
 
 
-def _counts(adata: ad.AnnData) -> sp.csr_matrix | np.ndarray:
-    """Raw counts: ``layers["counts"]`` when present, else ``X``."""
-    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
-    if counts is None:
+def _counts(adata: ad.AnnData) -> sp.csr_matrix | H5CSR:
+    """Raw counts: ``layers["counts"]`` when present, else ``X``; on disk when backed.
+
+    Counts on disk are checked chunk by chunk where they are read
+    (:func:`_log_normalized_chunks`).
+    """
+    if "counts" not in adata.layers and adata.X is None:
         raise InputError("no counts: adata has neither layers['counts'] nor X")
-    minimum = counts.min() if sp.issparse(counts) else np.min(counts)
-    if minimum < 0:
+    counts = counts_matrix(adata)
+    if not is_ondisk(counts) and counts.nnz and counts.data.min() < 0:
         raise InputError("counts contain negative values; baselines need raw counts")
     return counts
 
 
+def _in_memory(counts: sp.csr_matrix | H5CSR) -> sp.csr_matrix:
+    """The whole matrix in memory (read from disk when it is there)."""
+    return take_rows(counts, np.arange(counts.shape[0])) if is_ondisk(counts) else counts
+
+
 def median_library_size(adata: ad.AnnData) -> float:
-    """Median total count per cell (``layers["counts"]``, else ``X``)."""
-    return float(np.median(np.asarray(_counts(adata).sum(axis=1)).ravel()))
+    """Median total count per cell (``layers["counts"]``, else ``X``; chunked on disk)."""
+    return float(np.median(row_sums(_counts(adata))))
 
 
 def parse_target_sum(value: str | float) -> float | None:
@@ -152,17 +167,73 @@ def pca_embedding(
             f"got {n_components}; use fewer components (config 'baselines: pca') or more "
             "cells and genes"
         )
+    if target_sum is None:
+        target_sum = median_library_size(adata)
+    if is_ondisk(counts):
+        return _pca_on_disk(counts, n_components, target_sum)
     work = ad.AnnData(
         X=sp.csr_matrix(counts, dtype=np.float32, copy=True),
         obs=pd.DataFrame(index=adata.obs_names.copy()),
         var=pd.DataFrame(index=adata.var_names.copy()),
     )
-    if target_sum is None:
-        target_sum = median_library_size(adata)
     sc.pp.normalize_total(work, target_sum=target_sum)
     sc.pp.log1p(work)
     sc.pp.pca(work, n_comps=n_components, random_state=seed)
     return np.asarray(work.obsm["X_pca"], dtype=np.float32)
+
+
+def _log_normalized_chunks(
+    counts: H5CSR, target_sum: float
+) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
+    """Row chunks of ``log1p(counts / library size * target_sum)``, float64, read from disk."""
+    for rows, block in row_chunks(counts):
+        if block.nnz and block.data.min() < 0:
+            raise InputError(
+                f"counts contain negative values (rows {rows[0]}-{rows[-1]}); baselines "
+                "need raw counts"
+            )
+        block = sp.csr_matrix(block, dtype=np.float64)
+        sums = np.asarray(block.sum(axis=1)).ravel()
+        # normalize_total leaves empty cells at zero.
+        scale = np.divide(target_sum, sums, out=np.zeros_like(sums), where=sums > 0)
+        block = sp.diags(scale) @ block
+        np.log1p(block.data, out=block.data)
+        yield rows, block.tocsr()
+
+
+def _pca_on_disk(counts: H5CSR, n_components: int, target_sum: float) -> np.ndarray:
+    """PCA of log-normalized counts on disk, in two passes with one chunk in memory.
+
+    The exact PCA (what ``sc.pp.pca(svd_solver="covariance_eigh")`` computes in memory):
+    pass 1 sums the chunks' genes and gene x gene products (float64), the eigenvectors
+    of the covariance are the components; pass 2 projects each chunk on them, centred.
+    Memory: one chunk, a genes x genes matrix and the result.
+    """
+    n_cells, n_genes = counts.shape
+    total = np.zeros(n_genes)
+    gram = np.zeros((n_genes, n_genes))
+    for _, block in _log_normalized_chunks(counts, target_sum):
+        total += np.asarray(block.sum(axis=0)).ravel()
+        gram += (block.T @ block).toarray()
+    mean = total / n_cells
+    cov = gram / n_cells - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh(cov)
+    components = vectors[:, ::-1][:, :n_components]
+    # scanpy's sign convention (svd_flip on the components): largest |loading| positive.
+    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(n_components)])
+    components *= signs
+    out = np.empty((n_cells, n_components), dtype=np.float32)
+    shift = mean @ components
+    for rows, block in _log_normalized_chunks(counts, target_sum):
+        out[rows] = block @ components - shift
+    logger.info(
+        "PCA on disk: %d cells x %d genes in chunks, %d components (%.1f%% of the variance)",
+        n_cells,
+        n_genes,
+        n_components,
+        100 * values[::-1][:n_components].sum() / max(values.sum(), 1e-300),
+    )
+    return out
 
 
 def batch_columns(adata: ad.AnnData) -> tuple[str | None, list[str]]:
@@ -343,7 +414,8 @@ def scvi_embedding(
         scvi.settings.num_threads = n_threads
     keys = [k for k in [batch_key, *covariate_keys] if k]
     work = ad.AnnData(
-        X=sp.csr_matrix(_counts(adata), dtype=np.float32, copy=True),
+        # scvi-tools trains on counts in memory: here the whole matrix is read.
+        X=sp.csr_matrix(_in_memory(_counts(adata)), dtype=np.float32, copy=True),
         obs=_categorical_obs(adata, keys),
         var=pd.DataFrame(index=adata.var_names.copy()),
     )
@@ -365,12 +437,10 @@ def scvi_embedding(
 
 
 def _baseline_output(adata: ad.AnnData) -> ad.AnnData:
-    """Copy of the input without any earlier model output."""
-    out = adata.copy()
-    for k in ("X_scvae", "X_scvae_scale"):
-        out.obsm.pop(k, None)
-    out.uns.setdefault("scvae", {}).pop("train", None)
-    return out
+    """The input's cells, genes and ``uns``, without any earlier model output."""
+    uns = copy.deepcopy(dict(adata.uns))
+    uns.setdefault("scvae", {}).pop("train", None)
+    return ad.AnnData(obs=adata.obs.copy(), var=pd.DataFrame(index=adata.var_names.copy()), uns=uns)
 
 
 def _embed(
@@ -481,7 +551,8 @@ def run_baseline(
     """
     if method not in BASELINE_METHODS:
         raise InputError(f"unknown baseline method {method!r}; choose one of {BASELINE_METHODS}")
-    adata = read_h5ad(input_h5ad)
+    # Large files: the counts stay on disk (the PCA reads them in chunks).
+    adata = read_h5ad(input_h5ad, backed=None)
     out = _baseline_output(adata)
     record: dict = {"method": method, "seed": int(seed), "status": "ok"}
     if n_components is not None:
@@ -512,7 +583,7 @@ def run_baseline(
         out.obsm["X_scvae"] = emb
     out.uns["scvae"]["baseline"] = record
 
-    write_h5ad(out, output_h5ad)
+    write_run(out, output_h5ad, extends=input_h5ad, obsm=list(out.obsm))
     logger.info(
         "wrote %s: %s%s, uns['scvae']['baseline']",
         output_h5ad,

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -127,7 +128,14 @@ def _cmd_diagnose(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_diagnose(args.model, args.input, args.output, figure_dir=args.figure_dir, **args.params)
+    run_diagnose(
+        args.model,
+        args.input,
+        args.output,
+        figure_dir=args.figure_dir,
+        device=args.device,
+        **args.params,
+    )
 
 
 def _cmd_baseline(args: argparse.Namespace) -> None:
@@ -197,6 +205,13 @@ def _cmd_map(args: argparse.Namespace) -> None:
         transpose=args.transpose,
         **args.params,
     )
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from scvae.data.h5ad import write_h5ad
+    from scvae.data.runs import read_run
+
+    write_h5ad(read_run(args.input), args.output)
 
 
 def _cmd_convert_model(args: argparse.Namespace) -> None:
@@ -275,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="diagnostics.json")
     p.add_argument("--figure-dir", required=True, help="folder for the diagnostic figures")
     p.add_argument("--params", type=_json_arg, default={}, help="diagnostic settings JSON")
+    p.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:<n> or auto (CUDA when available)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=_cmd_diagnose)
 
@@ -345,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_map)
 
     p = sub.add_parser(
+        "export",
+        help="write a run's file with everything attached (counts, embedding) as one h5ad",
+    )
+    p.add_argument("--input", required=True, help="final.h5ad or latent.h5ad of a run")
+    p.add_argument("--output", required=True, help="the self-contained .h5ad")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
         "convert-model",
         help="rewrite an old-format model.pt (a full pickle) in the safe format; unpickles it",
     )
@@ -393,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if "SLURM_JOB_ID" in os.environ:  # which SLURM job ran this step (cluster runs)
         log.info("SLURM_JOB_ID=%s", os.environ["SLURM_JOB_ID"])
+    started = time.perf_counter()
     try:
         with _sigterm_as_exception():
             args.func(args)
@@ -412,7 +439,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", message)
         print(f"scvae {args.command}: error: {message}", file=sys.stderr)
         return 128 + signal.SIGTERM
+    # For sizing scheduler requests (mem_mb, runtime) and for benchmarks/bench_workflow.py.
+    log.info(
+        "scvae %s done in %.1f s, peak RSS %.0f MB",
+        args.command,
+        time.perf_counter() - started,
+        _peak_rss_mb(),
+    )
     return 0
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process and its finished children, in MB."""
+    import resource
+
+    # Linux reports kilobytes (macOS bytes; the log line is for Linux clusters).
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    scale = 1 / 1024**2 if sys.platform == "darwin" else 1 / 1024
+    return max(own, children) * scale
 
 
 class _Terminated(BaseException):

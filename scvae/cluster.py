@@ -5,7 +5,10 @@
 with batches, the scIB metrics of :func:`scvae.integration.integration_scores`) and
 writes the clustered h5ad and a metrics JSON (:func:`read_metrics_json` reads it back).
 
-What is written where: everything :func:`scvae.clustering.cluster`,
+The output is a run file that extends the input (:func:`scvae.data.runs.write_run`): the
+counts and the embedding stay in the files it extends and
+:func:`scvae.data.runs.read_run` attaches them. What is written where: everything
+:func:`scvae.clustering.cluster`,
 :func:`scvae.scores.score` and :func:`scvae.integration.integration_scores` store in the
 AnnData, the marker genes of :func:`scvae.markers.rank_markers`
 (``uns["rank_genes_groups"]`` for the clusters, ``uns["rank_genes_groups_label"]`` for
@@ -148,6 +151,8 @@ def run_cluster(
     model_path: str | os.PathLike | None = None,
     decoded_max_values: int = 20_000_000,
     decoded_batch: str | None = None,
+    umap_max_cells: int = 200_000,
+    graph_max_cells: int = 200_000,
 ) -> dict:
     """Cluster and score the embedding of an h5ad; write the h5ad and a metrics JSON.
 
@@ -230,16 +235,24 @@ def run_cluster(
     decoded_batch
         Decode every cell as if from this batch (batch-corrected expression); None:
         each cell with its own.
+    umap_max_cells
+        Above this many cells the UMAP is computed on a random subsample of this size
+        (``obsm["X_umap"]`` is NaN for the other cells; :func:`scvae.clustering.cluster`);
+        the graph, the clusters and the scores always use every cell.
+    graph_max_cells
+        Above this many cells the kNN graph (``obsp``) is not written to the output
+        (at 10^6 cells it is as large as the rest of the file);
+        ``uns["scvae"]["cluster"]["graph"]`` says how to rebuild it.
 
     Returns
     -------
     dict
         The content written to ``metrics_json`` (NaN as ``None``).
     """
-    from scvae.data.h5ad import read_h5ad, write_h5ad
+    from scvae.data.runs import read_run, write_run
 
     # Large files: the counts stay on disk (only the embedding is clustered).
-    adata = read_h5ad(input_h5ad, backed=None)
+    adata = read_run(input_h5ad)
     scvae = adata.uns.setdefault("scvae", {})
     diagnostics = read_json(diagnostics_json) if diagnostics_json else {}
     if diagnostics:
@@ -260,6 +273,7 @@ def run_cluster(
                 resolutions=resolutions,
                 key=key,
                 seed=seed,
+                umap_max_cells=umap_max_cells,
             )
         except InputError as err:
             raise InputError(f"{input_h5ad}: {err}") from err
@@ -298,7 +312,15 @@ def run_cluster(
     if model_path is not None and record["status"] == "ok":
         _add_decoded(adata, model_path, decoded_max_values, decoded_batch)
 
-    write_h5ad(adata, output_h5ad)
+    obsp = _graph_kept(adata, graph_max_cells) if record["status"] == "ok" else []
+    write_run(
+        adata,
+        output_h5ad,
+        extends=input_h5ad,
+        obsm=[k for k in ("X_umap",) if k in adata.obsm and record["status"] == "ok"],
+        obsp=obsp,
+        layers=[DECODED_LAYER] if DECODED_LAYER in adata.layers else [],
+    )
     record = jsonable(record)
     write_json(record, metrics_json)
     if umap_plot is not None:
@@ -358,6 +380,27 @@ def _rank_markers(adata: ad.AnnData, key: str, label_key: str) -> ad.AnnData | N
     if label_key in adata.obs.columns:
         rank_markers(adata, label_key, layer=layer, key_added=MARKER_KEYS[1])
     return ranked
+
+
+def _graph_kept(adata: ad.AnnData, max_cells: int) -> list[str]:
+    """The ``obsp`` keys of the kNN graph to write: all of them up to ``max_cells`` cells.
+
+    Above, ``uns["neighbors"]`` goes too (scanpy then asks for ``sc.pp.neighbors``
+    rather than looking for a graph that is not there) and
+    ``uns["scvae"]["cluster"]["graph"]`` says how to rebuild the graph.
+    """
+    graph = [k for k in ("distances", "connectivities") if k in adata.obsp]
+    if adata.n_obs <= max_cells:
+        return graph
+    params = adata.uns.pop("neighbors", {}).get("params", {})
+    rep = params.get("use_rep", "X_scvae")
+    k = params.get("n_neighbors", 15)
+    adata.uns["scvae"]["cluster"]["graph"] = (
+        f"not stored ({adata.n_obs} cells > graph_max_cells {max_cells}); rebuild it with "
+        f"sc.pp.neighbors(adata, use_rep={rep!r}, n_neighbors={k}) on scvae.read_run(...)"
+    )
+    logger.info("kNN graph not written (%d cells > graph_max_cells %d)", adata.n_obs, max_cells)
+    return []
 
 
 def read_metrics_json(path: str | os.PathLike) -> dict:

@@ -144,6 +144,7 @@ def cluster(
     key: str = "scvae_leiden",
     seed: int = 0,
     umap: bool = True,
+    umap_max_cells: int | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Build a kNN graph on an embedding, cluster it with Leiden and embed it with UMAP.
@@ -172,6 +173,12 @@ def cluster(
         Seed for the neighbour search, Leiden and UMAP.
     umap
         Whether to compute ``obsm["X_umap"]``.
+    umap_max_cells
+        Above this many cells the UMAP is computed on a random subsample of this size
+        (its own kNN graph, same settings; rows of the other cells are NaN, which
+        scatter plots leave out), since a layout of 10^6 points takes long and draws no
+        better than one of 10^5. The graph and the Leiden clusters use every cell.
+        None: always all cells.
     copy
         Return a modified copy instead of changing ``adata`` in place.
 
@@ -201,8 +208,9 @@ def cluster(
         sc.tl.leiden(adata, resolution=r, key_added=col, **_LEIDEN, random_state=seed)
     if len(res) > 1:
         adata.obs[key] = adata.obs[keys[0]].copy()
+    umap_cells = adata.n_obs
     if umap:
-        sc.tl.umap(adata, random_state=seed)
+        umap_cells = _umap(adata, use_rep, n_neighbors, seed, umap_max_cells)
     params = _record_clustering(
         adata,
         use_rep=use_rep,
@@ -212,6 +220,7 @@ def cluster(
         key=key,
         seed=seed,
         umap=umap,
+        umap_cells=umap_cells,
     )
     logger.info(
         "cluster on obsm[%r]: added obsp['distances', 'connectivities'], uns['neighbors'], "
@@ -221,6 +230,28 @@ def cluster(
         ", obsm['X_umap']" if umap else "",
     )
     return adata if copy else None
+
+
+def _umap(
+    adata: ad.AnnData, use_rep: str, n_neighbors: int, seed: int, max_cells: int | None
+) -> int:
+    """``obsm["X_umap"]`` on all cells, or on a random subsample above ``max_cells``."""
+    if max_cells is None or adata.n_obs <= max_cells:
+        sc.tl.umap(adata, random_state=seed)
+        return adata.n_obs
+    rows = np.sort(np.random.default_rng(seed).choice(adata.n_obs, max_cells, replace=False))
+    sub = ad.AnnData(
+        obs=pd.DataFrame(index=adata.obs_names[rows]),
+        obsm={use_rep: np.asarray(adata.obsm[use_rep])[rows]},
+    )
+    sc.pp.neighbors(sub, n_neighbors=n_neighbors, use_rep=use_rep, random_state=seed)
+    sc.tl.umap(sub, random_state=seed)
+    xy = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
+    xy[rows] = sub.obsm["X_umap"]
+    adata.obsm["X_umap"] = xy
+    adata.uns["umap"] = sub.uns["umap"]
+    logger.info("UMAP on %d random cells of %d (umap_max_cells)", max_cells, adata.n_obs)
+    return max_cells
 
 
 def _record_clustering(
@@ -233,6 +264,7 @@ def _record_clustering(
     key: str,
     seed: int,
     umap: bool,
+    umap_cells: int,
 ) -> dict:
     """Store the clustering's settings in ``uns["scvae"]["cluster"]["params"]``."""
     n_clusters = [int(adata.obs[col].nunique()) for col in keys]
@@ -247,6 +279,7 @@ def _record_clustering(
         "n_clusters": n_clusters,
         "seed": int(seed),
         "umap": bool(umap),
+        "umap_cells": int(umap_cells) if umap else 0,
         "leiden_flavor": _LEIDEN["flavor"],
         "leiden_n_iterations": _LEIDEN["n_iterations"],
     }

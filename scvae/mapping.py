@@ -569,6 +569,7 @@ def run_map(
     from scvae.data.readers import read_counts
 
     model = SCVAE.load(model_path)
+    # The run file: cells, labels and the latent; its counts are not needed.
     reference = read_h5ad(reference_h5ad)
     query = read_counts(
         query_path, format=format, label_key=label_key, layer=layer, transpose=transpose

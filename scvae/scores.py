@@ -370,7 +370,7 @@ def _embedding_label_scores(
     Xl = X[mask]
     out = {
         "asw_label": M.asw_label(Xl, labels, rng=rng),
-        "knn_purity": M.knn_purity(Xl, labels, k=min(knn_k, Xl.shape[0] - 1)),
+        "knn_purity": M.knn_purity(Xl, labels, k=min(knn_k, Xl.shape[0] - 1), rng=rng),
     }
     km = M.kmeans_ari_nmi(Xl, labels, rng=rng, n_repeats=kmeans_fits)
     out["kmeans_ari"], out["kmeans_nmi"] = km["ari"], km["nmi"]

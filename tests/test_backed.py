@@ -44,7 +44,8 @@ def test_training_latent_and_diagnostics_from_a_backed_file(h5_counts):
 
 
 def test_workflow_stages_keep_large_files_on_disk(h5_counts, tmp_path, monkeypatch):
-    from scvae.data.h5ad import read_h5ad, write_h5ad
+    from scvae.data.h5ad import read_h5ad
+    from scvae.data.runs import read_run, write_run
     from scvae.diagnostics.run import run_diagnose
     from scvae.training.run import run_train
 
@@ -58,15 +59,19 @@ def test_workflow_stages_keep_large_files_on_disk(h5_counts, tmp_path, monkeypat
         tmp_path / "m.pt", tmp_path / "l.h5ad", tmp_path / "d.json", k_iwae=4, n_mi=100
     )
     assert d["verdict"] in ("healthy", "partial collapse", "collapsed")
-    latent = read_h5ad(tmp_path / "l.h5ad", backed=None)
+    # The run file holds the embedding; read_run attaches the counts, left on disk.
+    latent = read_run(tmp_path / "l.h5ad")
     assert latent.isbacked and latent.obsm["X_scvae"].shape == (a.n_obs, 3)
+    assert not sparse.issparse(latent.layers["counts"])
     # What the cluster stage adds (run_cluster on a backed file passes too, but its kNN
     # graph compiles numba code for ~30 s).
     latent.obsp["connectivities"] = sparse.identity(a.n_obs, format="csr")
     latent.obs["scvae_leiden"] = pd.Categorical(["0"] * a.n_obs)
     latent.uns["neighbors"] = OrderedDict(params={"n_neighbors": 15})
-    write_h5ad(latent, tmp_path / "f.h5ad")
-    final = anndata.read_h5ad(tmp_path / "f.h5ad")
+    write_run(latent, tmp_path / "f.h5ad", extends=tmp_path / "l.h5ad", obsp=["connectivities"])
+    monkeypatch.setenv("SCVAE_BACKED_MIN_GB", "inf")
+    final = read_run(tmp_path / "f.h5ad")
     assert (final.layers["counts"] != a.layers["counts"]).nnz == 0 and (final.X != a.X).nnz == 0
     assert "scvae_leiden" in final.obs and "train" in final.uns["scvae"]
     assert final.obsp["connectivities"].nnz == a.n_obs and final.uns["neighbors"]["params"]
+    np.testing.assert_array_equal(final.obsm["X_scvae"], latent.obsm["X_scvae"])

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from scvae import baseline, cluster
 from scvae import metrics as M
+from scvae.data.runs import read_run
 from scvae.errors import InputError
 from scvae.scores import score
 from scvae.utils.jsonio import write_json
@@ -32,7 +33,9 @@ def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
     assert written.uns["scvae"]["baseline"]["method"] == "pca"
     assert written.uns["scvae"]["baseline"]["n_components"] == 10
     assert rec["target_sum"] == baseline.median_library_size(pbmc_counts)
-    assert sp.issparse(written.X) and written.X.max() == pbmc_counts.X.max()  # X untouched
+    assert written.X is None and not written.layers  # the counts stay in the input
+    full = read_run(base)
+    assert sp.issparse(full.X) and (full.X != pbmc_counts.X).nnz == 0
 
     out_h5ad, out_json = tmp_path / "final.h5ad", tmp_path / "metrics.json"
     record = cluster.run_cluster(
@@ -46,7 +49,7 @@ def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
     assert on_disk["score"]["has_labels"] is True
     assert on_disk["scib"] == {}  # no batches: no scIB metrics
     assert not [k for k in on_disk["metrics"] if k.startswith("scib_")]
-    final = ad.read_h5ad(out_h5ad)
+    final = read_run(out_h5ad)
     stored = final.uns["scvae"]["cluster"]
     assert dict(stored["metrics"]) == pytest.approx(on_disk["metrics"])
     assert list(stored["params"]["keys"]) == ["scvae_leiden_r1.0", "scvae_leiden_r0.5"]

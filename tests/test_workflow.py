@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from scvae.data.runs import read_run
 from scvae.utils.torchfile import load_tensor_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,9 +135,18 @@ def test_workflow_writes_the_comparison_and_final_files(test_run):
     for name in ["kl_heatmap", "mi_au", "scores", "umap_grid", "training_curves"]:
         assert (results / "figures" / f"{name}.png").stat().st_size > 0
 
-    final = anndata.read_h5ad(results / "recommended" / "seed0" / "final.h5ad")
-    counts = final.layers["counts"]
-    assert np.array_equal(counts.data, np.round(counts.data))
+    run = results / "recommended" / "seed0"
+    # final.h5ad alone: what a user plots, no copy of the counts or of the latent.
+    slim = anndata.read_h5ad(run / "final.h5ad")
+    assert slim.X is None and "counts" not in slim.layers and "X_scvae" not in slim.obsm
+    assert slim.obsm["X_umap"].shape == (slim.n_obs, 2) and "label" in slim.obs
+    # Opened with everything attached: the preprocessed counts and the run's latent.
+    final = read_run(run / "final.h5ad")
+    pre = anndata.read_h5ad(results / "preprocessed.h5ad")
+    assert (final.layers["counts"] != pre.layers["counts"]).nnz == 0
+    assert (final.X != pre.X).nnz == 0
+    latent = anndata.read_h5ad(run / "latent.h5ad")
+    np.testing.assert_array_equal(final.obsm["X_scvae"], latent.obsm["X_scvae"])
     assert final.obsm["X_scvae"].shape == (final.n_obs, 6)
     assert final.obsm["X_umap"].shape == (final.n_obs, 2)
     assert final.obs["scvae_leiden"].dtype == "category"
@@ -178,7 +188,7 @@ def test_a_dataset_with_batches_is_integrated_and_scored_with_scib(test_run):
     assert 0 <= diag["batch_in_z"]["accuracy"] <= 1
     metrics = json.loads((results / "recommended" / "seed0" / "metrics.json").read_text())
     assert metrics["scib"]["n_batches"] == 3
-    final = anndata.read_h5ad(results / "recommended" / "seed0" / "final.h5ad")
+    final = read_run(results / "recommended" / "seed0" / "final.h5ad")
     assert final.obs["batch"].nunique() == 3 and "label" in final.obs
     train = final.uns["scvae"]["train"]
     assert train["model"]["condition_on_batch"] and train["model"]["n_batch"] == 3

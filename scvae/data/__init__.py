@@ -1,4 +1,4 @@
-"""Reading counts: formats, checks, batches and samples, h5ad, on-disk CSR, loaders, synthetic."""
+"""Reading and writing data: count formats, checks, batches, h5ad, run files, on-disk CSR."""
 
 from scvae.utils.lazy import lazy_attributes
 
@@ -14,6 +14,8 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "read_samples": "scvae.data.batches",
         "read_h5ad": "scvae.data.h5ad",
         "write_h5ad": "scvae.data.h5ad",
+        "read_run": "scvae.data.runs",
+        "write_run": "scvae.data.runs",
         "H5CSR": "scvae.data.ondisk",
         "CSRWriter": "scvae.data.ondisk",
         "row_sums": "scvae.data.ondisk",

@@ -39,7 +39,7 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool | None = False) -> anndat
         the rest (obs, var, obsm, obsp, uns, other layers) is read; memory then does not
         grow with the counts (anndata's own ``backed="r"`` reads every layer). None:
         backed when the file is at least :func:`scvae.data.ondisk.backed_min_bytes`
-        (2 GiB, or ``SCVAE_BACKED_MIN_GB``). :func:`write_h5ad` writes a backed AnnData
+        (1 GiB, or ``SCVAE_BACKED_MIN_GB``). :func:`write_h5ad` writes a backed AnnData
         by copying the file and replacing what is in memory.
 
     Returns
@@ -90,7 +90,8 @@ def write_h5ad(adata: anndata.AnnData, path: str | os.PathLike) -> None:
     ----------
     adata
         Data to write; a backed AnnData (:func:`read_h5ad` ``backed=True``) is written
-        without loading its counts.
+        without loading its counts. When ``layers["counts"]`` equals ``X`` (a CSR
+        matrix), it is stored once, ``layers/counts`` a hard link to ``X``.
     path
         Destination ``.h5ad`` file; its folder is created if needed.
     """
@@ -98,8 +99,36 @@ def write_h5ad(adata: anndata.AnnData, path: str | os.PathLike) -> None:
         if adata.isbacked:
             _write_backed(adata, tmp)
         else:
-            adata.write_h5ad(tmp)
+            _write_in_memory(adata, tmp)
     logger.info("Wrote %d cells x %d genes to %s", *adata.shape, path)
+
+
+def _write_in_memory(adata: anndata.AnnData, tmp: Path) -> None:
+    """Write with anndata, ``layers["counts"]`` a hard link to ``X`` when they are equal.
+
+    The preprocessed file holds the raw counts in both places (scverse convention); on
+    disk they are then stored once, as the streamed preprocessing writes them.
+    """
+    counts = adata.layers.get("counts")
+    if counts is None or not _same_csr(counts, adata.X):
+        adata.write_h5ad(tmp)
+        return
+    del adata.layers["counts"]
+    try:
+        adata.write_h5ad(tmp)
+    finally:
+        adata.layers["counts"] = counts
+    with h5py.File(tmp, "r+") as f:
+        f.require_group("layers")["counts"] = f["X"]
+
+
+def _same_csr(a: Any, b: Any) -> bool:
+    """Whether two in-memory CSR matrices have the same shape, dtype and values."""
+    from scipy import sparse
+
+    if not (sparse.isspmatrix_csr(a) and sparse.isspmatrix_csr(b)):
+        return False
+    return a.shape == b.shape and a.dtype == b.dtype and (a != b).nnz == 0
 
 
 def plain_dicts(value: Any) -> Any:

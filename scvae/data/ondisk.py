@@ -41,8 +41,12 @@ __all__ = [
     "take_rows",
 ]
 
-BACKED_MIN_BYTES_DEFAULT = 2 << 30
-"""h5ad files at least this large (2 GiB) are read backed by default.
+BACKED_MIN_BYTES_DEFAULT = 1 << 30
+"""h5ad files at least this large (1 GiB) are read backed by default.
+
+About 500,000 cells x 2,000 genes of 10x data. On disk, training runs as fast as in
+memory and preprocessing is streamed; in memory, preprocessing holds about 5 times the
+matrix (benchmarks/README.md), which the million-cell workflow could not afford.
 
 Overridden by the environment variable ``SCVAE_BACKED_MIN_GB`` (a number of GiB; 0
 reads every h5ad backed, ``inf`` none); Snakemake passes it on to the jobs.
@@ -140,9 +144,24 @@ class H5CSR:
         return sparse.csr_matrix((data, indices, indptr), shape=(counts.size, self.shape[1]))
 
     def _read_sorted(self, rows: np.ndarray) -> sparse.csr_matrix:
-        """Rows in increasing order (repeats allowed)."""
+        """Rows in increasing order (repeats allowed), one group of rows at a time.
+
+        A group's rows lie within CHUNK_NNZ stored values of its first row, so that what
+        is read at once (gaps included) stays bounded: 10% of the cells of a 10^6-cell
+        file, spread over all of it, are read in ~30 groups, not as the whole file.
+        """
         if rows.size == 0:
             return sparse.csr_matrix((0, self.shape[1]), dtype=self.dtype)
+        first, last = self.indptr[rows], self.indptr[rows + 1]
+        parts, i = [], 0
+        while i < rows.size:
+            j = max(i + 1, int(np.searchsorted(last, first[i] + CHUNK_NNZ, side="right")))
+            parts.append(self._read_group(rows[i:j]))
+            i = j
+        return parts[0] if len(parts) == 1 else sparse.vstack(parts, format="csr")
+
+    def _read_group(self, rows: np.ndarray) -> sparse.csr_matrix:
+        """Rows in increasing order, read in as few HDF5 reads as their gaps allow."""
         # Spans of rows read at once: consecutive rows, and rows separated by a gap of
         # fewer than MAX_GAP_NNZ stored values (reading the gap costs less than a read).
         ends = self.indptr[rows + 1]

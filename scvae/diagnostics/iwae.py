@@ -193,7 +193,11 @@ def iwae_log_likelihood(
     d = module.n_latent
     loader = CountBatches(X, np.arange(n_cells), batch_size, covariates=covariates)
     dtype = next(module.parameters()).dtype
-    iwae, recon, kl, counts = [], [], [], []
+    # Filled in place, batch by batch: small arrays appended per batch would stay between
+    # each batch's large temporaries and keep glibc from reusing their memory (the peak
+    # grew by ~10 MB per batch: 12 GB for 10^5 cells at K=100).
+    per_cell = {key: np.empty(n_cells) for key in ("iwae", "recon", "kl", "counts")}
+    start = 0
     with eval_mode(module):
         for x, c in loader.epoch(0, device):
             x = x.to(dtype)
@@ -232,13 +236,17 @@ def iwae_log_likelihood(
 
             k_chunk = max(1, MAX_ELEMENTS // (x.shape[0] * n_genes))
             out = iwae_bound(log_lik, q, prior, k, k_chunk=k_chunk, generator=g)
-            iwae.append(out["iwae"].double().cpu())
-            recon.append(out["recon"].double().cpu())
-            kl.append(kl_b.double().cpu())
-            counts.append(observed[:, 0].double().cpu())
-    ll = torch.cat(iwae).numpy()
-    recon_all, kl_all = torch.cat(recon).numpy(), torch.cat(kl).numpy()
-    total_counts = float(torch.cat(counts).sum())
+            stop = start + x.shape[0]
+            for key, value in (
+                ("iwae", out["iwae"]),
+                ("recon", out["recon"]),
+                ("kl", kl_b),
+                ("counts", observed[:, 0]),
+            ):
+                per_cell[key][start:stop] = value.double().cpu().numpy()
+            start = stop
+    ll, recon_all, kl_all = per_cell["iwae"], per_cell["recon"], per_cell["kl"]
+    total_counts = float(per_cell["counts"].sum())
     return {
         "iwae_ll": ll,
         "iwae_ll_per_cell": float(ll.mean()),

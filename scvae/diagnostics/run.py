@@ -81,7 +81,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scvae.data.ondisk import backed_min_bytes, row_sums, take_rows
+from scvae.data.ondisk import row_sums, take_rows
 from scvae.diagnostics.batch import batch_in_latent
 from scvae.diagnostics.dispersion import dispersion_stats
 from scvae.diagnostics.iwae import iwae_log_likelihood
@@ -501,6 +501,7 @@ def run_diagnose(
     *,
     figure_dir: str | os.PathLike | None = None,
     figure_paths: Mapping[str, str | os.PathLike] | None = None,
+    device: str = "cpu",
     **opts: Any,
 ) -> dict[str, Any]:
     """Diagnose a saved model on an h5ad file and write the JSON and the figures.
@@ -510,8 +511,10 @@ def run_diagnose(
     model_pt
         Model written by :meth:`scvae.model.SCVAE.save`.
     latent_h5ad
-        Cells with raw counts in ``layers["counts"]``, in the row order of training
-        (the validation split is matched by position).
+        The run's ``latent.h5ad`` (opened with its counts by
+        :func:`scvae.data.runs.read_run`) or any h5ad of cells with raw counts in
+        ``layers["counts"]``, in the row order of training (the validation split is
+        matched by position).
     out_json
         Destination of :func:`write_diagnostics`.
     figure_dir
@@ -520,6 +523,9 @@ def run_diagnose(
     figure_paths
         Explicit destinations by figure name (see :data:`FIGURE_NAMES`); they override
         ``figure_dir`` for the names they give.
+    device
+        Where the model and every measure run: ``cpu``, ``cuda``, ``cuda:<n>`` or
+        ``auto`` (CUDA when available), as the training's ``device``.
     **opts
         Keywords of :func:`diagnose` (``k_iwae``, ``n_mi``, ``n_jacobian``,
         ``au_threshold``, ``thresholds``, ``seed``, ...).
@@ -529,26 +535,17 @@ def run_diagnose(
     dict
         The diagnostics.
     """
-    import anndata
-
+    from scvae.data.runs import read_run
     from scvae.model import SCVAE
     from scvae.plotting.diagnostics import plot_diagnostics
+    from scvae.training.loop import resolve_device
 
     unknown = sorted(set(figure_paths or {}) - set(FIGURE_NAMES))
     if unknown:
         raise InputError(f"unknown figure name(s) {unknown}; expected some of {FIGURE_NAMES}")
-    model = SCVAE.load(model_pt)
-    try:
-        if Path(latent_h5ad).stat().st_size >= backed_min_bytes():
-            from scvae.data.h5ad import read_h5ad
-
-            adata = read_h5ad(latent_h5ad, backed=True)  # the counts stay on disk
-        else:
-            adata = anndata.read_h5ad(latent_h5ad)
-    except FileNotFoundError:
-        raise InputError(f"{latent_h5ad}: h5ad file does not exist") from None
-    except OSError as err:
-        raise InputError(f"{latent_h5ad}: not a readable h5ad file ({err})") from err
+    model = SCVAE.load(model_pt, device=str(resolve_device(device)))
+    # The counts stay in the preprocessed file (on disk when large); read_run attaches them.
+    adata = read_run(latent_h5ad)
     diagnostics = diagnose(model, adata, **opts)
     write_diagnostics(diagnostics, out_json)
     paths: dict[str, Path] = {}

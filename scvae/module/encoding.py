@@ -98,11 +98,17 @@ def encode(
     device = module_device(module)
     dtype = next(module.parameters()).dtype
     rows = np.arange(X.shape[0]) if rows is None else rows
-    locs, scales = [], []
+    # Filled in place: arrays appended per batch would pin the heap between the batches'
+    # temporaries (glibc), and memory would grow with the cells (diagnostics/iwae.py).
+    loc = np.empty((len(rows), module.n_latent))
+    scale = np.empty_like(loc)
+    start = 0
     with eval_mode(module):
         loader = CountBatches(X, rows, batch_size, covariates=covariates)
         for x, c in loader.epoch(0, device):
             qz = module.inference(x.to(dtype), c)["qz"]
-            locs.append(qz.loc.double().cpu().numpy())
-            scales.append(qz.scale.double().cpu().numpy())
-    return np.concatenate(locs), np.concatenate(scales)
+            stop = start + x.shape[0]
+            loc[start:stop] = qz.loc.double().cpu().numpy()
+            scale[start:stop] = qz.scale.double().cpu().numpy()
+            start = stop
+    return loc, scale

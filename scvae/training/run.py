@@ -7,7 +7,8 @@ import os
 
 import pandas as pd
 
-from scvae.data.h5ad import read_h5ad, write_h5ad
+from scvae.data.h5ad import read_h5ad
+from scvae.data.runs import write_run
 from scvae.model import SCVAE, recorded_covariates
 from scvae.training.loop import train
 from scvae.utils.atomic import atomic_path, remove_stale_temps
@@ -31,7 +32,9 @@ def run_train(
     (``uns["scvae"]["preprocess"]["batch_key"]`` and ``["covariate_keys"]``); the model is
     conditioned on them unless ``condition_on_batch`` is false.
 
-    The latent AnnData is the input plus ``obsm["X_scvae"]`` (posterior means),
+    The latent AnnData is a run file (:func:`scvae.data.runs.write_run`: the counts stay
+    in ``input_h5ad``, :func:`scvae.data.runs.read_run` attaches them) with the input's
+    ``obs`` and ``uns`` plus ``obsm["X_scvae"]`` (posterior means),
     ``obsm["X_scvae_scale"]`` (posterior standard deviations), ``obs["scvae_split"]``
     (train / validation) and ``uns["scvae"]["train"]`` (settings, summary, versions,
     ``batch_key`` when there is a batch, ``covariate_keys`` and the ``categories`` the
@@ -87,7 +90,7 @@ def run_train(
     if model.batch_key is not None:  # h5ad cannot store None
         record["batch_key"] = model.batch_key
     adata.uns.setdefault("scvae", {})["train"] = record
-    write_h5ad(adata, latent_out)
+    write_run(adata, latent_out, extends=input_h5ad, obsm=["X_scvae", "X_scvae_scale"])
     log.info(
         "wrote %s, %s and %s (obsm['X_scvae'], obsm['X_scvae_scale'])",
         model_out,

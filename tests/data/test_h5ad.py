@@ -58,3 +58,22 @@ def test_missing_or_corrupt_h5ad(tmp_path):
     bad.write_bytes(b"not hdf5")
     with pytest.raises(InputError, match="truncated or corrupt"):
         read_h5ad(bad)
+
+
+def test_counts_equal_to_x_are_stored_once(tmp_path, small_counts):
+    import h5py
+
+    a = small_counts.copy()
+    a.layers["counts"] = a.X.copy()
+    write_h5ad(a, tmp_path / "once.h5ad")
+    a.write_h5ad(tmp_path / "twice.h5ad")
+    with h5py.File(tmp_path / "once.h5ad") as f:
+        assert f["layers/counts/data"].id == f["X/data"].id  # one dataset, two names
+    assert (tmp_path / "once.h5ad").stat().st_size < (tmp_path / "twice.h5ad").stat().st_size
+    back = anndata.read_h5ad(tmp_path / "once.h5ad")
+    assert (back.layers["counts"] != a.X).nnz == 0 and (back.X != a.X).nnz == 0
+    assert "counts" in a.layers  # the caller's object is left as it was
+    # Different values: two datasets.
+    a.layers["counts"] = a.X * 2
+    write_h5ad(a, tmp_path / "two.h5ad")
+    assert (anndata.read_h5ad(tmp_path / "two.h5ad").layers["counts"] != a.X * 2).nnz == 0

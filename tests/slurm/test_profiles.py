@@ -27,7 +27,7 @@ PROFILES = {
 def _dry_run(workdir: Path, profile: Path) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-        + ["--directory", str(workdir), "--workflow-profile", str(profile), "-n"],
+        + ["--directory", str(workdir), "--workflow-profile", str(profile), "-n", "-p"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -56,9 +56,11 @@ def test_slurm_profile_sets_what_the_cluster_needs():
     assert test["slurm-status-command"] == "squeue" and test["slurm-no-account"] is True
 
 
-def _train_blocks(out: str) -> dict[str, str]:
-    """The dry run's description of each train job, by variant."""
-    blocks = [block.split("\nrule ")[0] for block in out.split("rule train:")[1:]]
+def _train_blocks(out: str, rule: str = "train") -> dict[str, str]:
+    """The dry run's description of each job of ``rule``, by variant."""
+    # Each job's block runs to the next job's "rule <name>:" line (indented in group jobs).
+    parts = re.split(r"\n\s*(?:local)?rule (\w+):", out)
+    blocks = [body for name, body in zip(parts[1::2], parts[2::2], strict=True) if name == rule]
     return {re.search(r"variant=(\w+)", b).group(1): b for b in blocks}
 
 
@@ -73,6 +75,10 @@ def test_profile_dry_run_and_gpu_request(workdir, name):
     assert set(train) == {"recommended", "vanilla"}
     assert "gpu=1" in train["recommended"]  # device: cuda -> one GPU
     assert "gpu=" not in train["vanilla"]  # device: cpu -> no GPU resource at all
+    # The diagnostics of a cuda run run on the GPU too (rule diagnose, --device).
+    diagnose = _train_blocks(out, "diagnose")
+    assert "gpu=1" in diagnose["recommended"] and "--device cuda" in diagnose["recommended"]
+    assert "gpu=" not in diagnose["vanilla"] and "--device cpu" in diagnose["vanilla"]
     if name == "slurm":
         assert all(re.search(r"threads: 4\n", block) for block in train.values())
         assert "Group job postprocess" in out  # small dataset: post-training jobs grouped

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import anndata
 import numpy as np
 
 from scvae.data.h5ad import write_h5ad
+from scvae.data.runs import read_run
 from scvae.model import SCVAE
 from scvae.training.run import run_train
 
@@ -17,7 +17,7 @@ def _stage(adata, tmp_path):
     write_h5ad(adata, src)
     out = [tmp_path / name for name in ("model.pt", "history.tsv", "latent.h5ad")]
     model = run_train(src, *out, settings=FAST)
-    return model, anndata.read_h5ad(out[2]), SCVAE.load(out[0])
+    return model, read_run(out[2]), SCVAE.load(out[0])
 
 
 def test_run_train_conditions_on_the_recorded_batch_and_covariates(two_batches, tmp_path):

@@ -1,6 +1,8 @@
 rule cluster:
     input:
         latent="results/{dataset}/{name}/seed{seed}/latent.h5ad",
+        # The counts that latent.h5ad refers to (scvae.data.runs): markers, decoded layer.
+        counts="results/{dataset}/preprocessed.h5ad",
         diagnostics=cluster_diagnostics,
         model=cluster_model,
     output:
@@ -30,7 +32,7 @@ rule cluster:
     group:
         small_job_group
     resources:
-        mem_mb=mem_mb_from_input(factor=8, floor=2000),
+        mem_mb=mem_mb_from_input(factor=8, floor=2000, on_disk_factor=2),
         runtime=cluster_runtime,
     conda:
         "../../envs/scvae.yaml"

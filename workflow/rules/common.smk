@@ -17,6 +17,7 @@ from scvae.baseline_names import (
     dataset_has_batches,
 )
 from scvae.config import preprocess_settings, resolve_variant
+from scvae.data.ondisk import backed_min_bytes
 
 
 # validate() fills in the schema's defaults everywhere a settings object appears, variants
@@ -185,7 +186,10 @@ def variant_json(wildcards):
 # 300, 4,271 and 42,710 cells x 2,000 genes): about 600 MB for Python and the libraries
 # plus 1.5-2.5 times the input .h5ad (cluster: 5 times; preprocess: 18 times its gzip-
 # compressed input); training at 1.9e-9 s per cell x gene x hidden unit and epoch on one
-# core; cluster (kNN, Leiden, UMAP) at 4e-3 s per cell. The estimates below leave 2-4
+# core; cluster (kNN, Leiden, UMAP) at 4e-3 s per cell. With the counts on disk (inputs
+# of at least 1 GiB) memory follows the cells, not the counts: at 10^6 cells x 2,000 genes
+# (1.9 GB of counts) preprocess, train, PCA and diagnose peaked at 1.1-1.5 GB and cluster
+# at a few GB (benchmarks/README.md, the whole workflow). The estimates below leave 2-4
 # times headroom and grow with each retry (`attempt`), so a job killed for memory or time
 # comes back with more.
 
@@ -206,9 +210,9 @@ def h5ad_dims(path):
         import h5py
 
         with h5py.File(path, "r") as f:
-            x = f["X"]
-            shape = x.attrs["shape"] if isinstance(x, h5py.Group) else x.shape
-            return int(shape[0]), int(shape[1])
+            # From the indexes: run files (latent.h5ad) have no X.
+            n = [len(f[k][f[k].attrs.get("_index", "_index")]) for k in ("obs", "var")]
+            return n[0], n[1]
     except Exception:  # not written yet (dry run) or not an .h5ad: callers fall back
         return None
 
@@ -218,11 +222,26 @@ def _dims(path, size_mb):
     return h5ad_dims(path) or (max(1000, int(size_mb * 1e6 / 16 / 200)), 2000)
 
 
-def mem_mb_from_input(factor, floor):
-    """Memory estimate in MB: ``floor`` plus ``factor`` times the input's size, per attempt."""
+def _on_disk(paths):
+    """Whether a job reads its counts backed: an input h5ad of at least backed_min_bytes."""
+    try:
+        return any(
+            str(p).endswith(".h5ad") and Path(p).stat().st_size >= backed_min_bytes() for p in paths
+        )
+    except OSError:  # not written yet (dry run)
+        return False
+
+
+def mem_mb_from_input(factor, floor, on_disk_factor=None):
+    """Memory estimate in MB: ``floor`` plus ``factor`` times the input's size, per attempt.
+
+    ``on_disk_factor`` replaces ``factor`` when the counts stay on disk (a large input
+    h5ad): then memory follows the cells and the minibatches, not the counts.
+    """
 
     def estimate(wildcards, input, attempt):
-        return int((floor + factor * input.size_mb) * attempt)
+        f = factor if on_disk_factor is None or not _on_disk(input) else on_disk_factor
+        return int((floor + f * input.size_mb) * attempt)
 
     return estimate
 

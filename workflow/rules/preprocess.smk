@@ -17,7 +17,7 @@ rule preprocess:
         settings=preprocess_json,
     threads: 1
     resources:
-        mem_mb=mem_mb_from_input(factor=20, floor=2000),
+        mem_mb=mem_mb_from_input(factor=20, floor=2000, on_disk_factor=0.5),
         runtime=runtime_from_input(minutes=15, per_gb=30),
     conda:
         "../../envs/scvae.yaml"

@@ -15,7 +15,7 @@ rule train:
         checkpoints="checkpoints/{dataset}/{variant}/seed{seed}",
     threads: config["threads"]
     resources:
-        mem_mb=mem_mb_from_input(factor=4, floor=2000),
+        mem_mb=mem_mb_from_input(factor=4, floor=2000, on_disk_factor=0.5),
         runtime=train_runtime,
         gpu=gpu_request,
     conda:
@@ -41,7 +41,8 @@ rule baseline:
     group:
         small_job_group
     resources:
-        mem_mb=mem_mb_from_input(factor=6, floor=2000),
+        # On disk: the PCA reads the counts in chunks, scVI loads them (about 3x their size).
+        mem_mb=mem_mb_from_input(factor=6, floor=2000, on_disk_factor=3),
         # scVI trains for up to 400 epochs: its jobs get the training's estimate.
         runtime=lambda wc, input, threads, attempt: attempt
         * baseline_minutes(
