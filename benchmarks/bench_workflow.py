@@ -120,7 +120,7 @@ def run_size(n_cells: int, work: Path, args: argparse.Namespace) -> dict:
         with open(run_dir / ("rerun.log" if args.rerun else "snakemake.log"), "w") as log:
             proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
         returncode = proc.returncode
-    wall = time.perf_counter() - start
+    wall = None if args.refresh else time.perf_counter() - start
     results = run_dir / "results" / "synthetic"
     pre = results / "preprocessed.h5ad"
     record = {
@@ -203,6 +203,10 @@ def inspect_default(func, name: str):
     return inspect.signature(func).parameters[name].default
 
 
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f}"
+
+
 def print_tables(records: list[dict]) -> None:
     """Markdown tables of the records."""
     mb = 1e6
@@ -226,7 +230,7 @@ def print_tables(records: list[dict]) -> None:
         pre = r["preprocessed_bytes"] or float("nan")
         name, size = max(r["run_bytes"].items(), key=lambda kv: kv[1], default=("-", 0))
         print(
-            f"| {r['n_cells']:,} | {r['returncode']} | {r['wall_seconds'] / 60:.1f} | "
+            f"| {r['n_cells']:,} | {r['returncode']} | {_minutes(r['wall_seconds'])} | "
             f"{(r['csr_bytes'] or 0) / mb:,.0f} | {pre / mb:,.0f} | "
             f"{r['results_bytes'] / mb:,.0f} | "
             f"{r['results_bytes'] / pre:.2f} | {name} {size / mb:,.0f} ({size / pre:.1%}) |"
@@ -292,8 +296,9 @@ def main() -> None:
     if not args.table:
         for n in args.sizes:
             record = run_size(n, args.work, args)
-            if args.rerun or args.refresh:  # the first run's wall time and exit status stand
-                first = next(r for r in records if r["n_cells"] == n)
+            first = next((r for r in records if r["n_cells"] == n), None)
+            if first is not None and (args.rerun or args.refresh):
+                # The first run's wall time and exit status stand.
                 record.update(
                     wall_seconds=first["wall_seconds"],
                     returncode=first["returncode"] or record["returncode"],
@@ -302,10 +307,7 @@ def main() -> None:
             records = [r for r in records if r["n_cells"] != n] + [record]
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(records, indent=1))
-            print(
-                f"{n}: exit {record['returncode']} in {record['wall_seconds'] / 60:.1f} min",
-                flush=True,
-            )
+            print(f"{n}: exit {record['returncode']}", flush=True)
     print_tables(sorted(records, key=lambda r: r["n_cells"]))
 
 
