@@ -277,11 +277,11 @@ def knn_purity(
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, n_cells - 1] = [1, {n - 1}], got {k}")
     nn = NearestNeighbors(n_neighbors=k).fit(X)
-    if max_cells is None or n <= max_cells:
+    query = _subsample(n, max_cells, rng)
+    if isinstance(query, slice):
         # kneighbors() without X leaves each point out of its own neighbour list.
         idx = nn.kneighbors(return_distance=False)
         return float((codes[idx] == codes[:, None]).mean())
-    query = np.sort(np.random.default_rng(rng).choice(n, max_cells, replace=False))
     idx = nn.kneighbors(X[query], n_neighbors=k + 1, return_distance=False)
     # Leave each cell out of its own list (the last neighbour where it is not listed).
     own = idx == query[:, None]

@@ -175,7 +175,6 @@ def read_run(path: str | os.PathLike, *, backed: bool | None = None) -> anndata.
     if base_path is None:
         return read_h5ad(path, backed=backed)
     top = read_h5ad(path)  # a run file: small, in memory
-    require_exists(base_path)
     base = read_run(base_path, backed=backed)
     _check_same_cells(top, base, path, base_path)
     _lay_over(base, top)
