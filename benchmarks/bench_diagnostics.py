@@ -4,7 +4,7 @@ Cells are resampled from ../shared/data/pbmc4k_top2000.h5 with binomial thinning
 count kept with probability 0.9), so no two cells are identical; without the file,
 negative-binomial counts of the same size are simulated. A VAE is trained for one epoch
 (the diagnostics' cost does not depend on how well it is trained), then each measure
-is timed on the sizes :func:`scvae.diagnostics.run.diagnose` uses, and ``diagnose`` itself.
+is timed on the sizes :func:`scvae.diagnostics.suite.diagnose` uses, and ``diagnose`` itself.
 
 Usage::
 
@@ -27,9 +27,9 @@ from scvae.diagnostics.iwae import iwae_log_likelihood
 from scvae.diagnostics.jacobian import decoder_jacobian
 from scvae.diagnostics.kl import active_units, kl_per_dim
 from scvae.diagnostics.mi import mutual_information
-from scvae.diagnostics.run import diagnose
+from scvae.diagnostics.suite import diagnose
+from scvae.model import train
 from scvae.module.encoding import encode
-from scvae.training.loop import train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbmc4k_top2000.h5"
 
@@ -71,7 +71,15 @@ def main() -> None:
     adata = anndata.AnnData(X)
     adata.layers["counts"] = X.copy()
     started = time.perf_counter()
-    model = train(adata, n_latent=10, max_epochs=args.epochs, seed=0, device="cpu", progress=False)
+    model = train(
+        adata,
+        preset=None,
+        n_latent=10,
+        max_epochs=args.epochs,
+        seed=0,
+        device="cpu",
+        progress=False,
+    )
     print(f"train: {args.epochs} epoch(s) in {time.perf_counter() - started:.1f} s")
 
     module = model.module.eval()

@@ -78,24 +78,17 @@ PCA_COMPONENTS = 50
 # ---------------------------------------------------------------------------- methods
 
 
-def load_methods(config_path: Path = ROOT / "config" / "config.yaml") -> dict[str, dict]:
+def load_methods() -> dict[str, dict]:
     """Every method by name: ``{"kind": "vae"|"pca"|"harmony"|"scvi", ...}``."""
-    from scvae.config import resolve_variant
+    from scvae.presets import PRESETS, preset_settings
 
-    config = yaml.safe_load(config_path.read_text())
     spec = yaml.safe_load(METHODS.read_text())
-    # Candidates start from a variant's own settings; the variants themselves run as the
-    # workflow runs them on data with batches (their `with_batches` settings applied).
-    variants: dict[str, dict] = {}
-    for name in config["variants"]:
-        settings = resolve_variant(config, name, 0)
-        settings.pop("seed")
-        variants[name] = settings
+    # Candidates start from a preset's own settings; the presets themselves run as the
+    # workflow runs them on data with batches (their batch-aware form applied).
+    variants = {name: preset_settings(name) for name in PRESETS}
     methods: dict[str, dict] = {}
     for name in spec.get("variants") or []:
-        settings = resolve_variant(config, name, 0, batches=True)
-        settings.pop("seed")
-        methods[name] = {"kind": "vae", "settings": settings}
+        methods[name] = {"kind": "vae", "settings": preset_settings(name, batches=True)}
     for name, extra in (spec.get("candidates") or {}).items():
         extra = dict(extra)
         base = dict(variants[extra.pop("base", "recommended")])
@@ -137,7 +130,7 @@ def dataset(name: str):
 
 def _run_vae(adata, settings: dict, seed: int) -> tuple[np.ndarray, dict]:
     import scvae
-    from scvae.diagnostics.run import diagnose
+    from scvae.diagnostics.suite import diagnose
 
     model = scvae.train(
         adata, batch_key=BATCH, progress=False, **{**settings, "seed": seed, "threads": 1}

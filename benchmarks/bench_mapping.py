@@ -18,25 +18,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 import scvae
-from scvae.config import resolve_variant
 from scvae.mapping import map_query
 from scvae.markers import marker_table, rank_markers
 from scvae.preprocess import preprocess
+from scvae.presets import preset_settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CONFIG = yaml.safe_load(
-    (Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text()
-)
 
 
 def recommended(*, batches: bool) -> dict:
-    """The ``recommended`` variant's settings from the workflow config (seed excluded)."""
-    settings = resolve_variant(CONFIG, "recommended", 0, batches=batches)
-    settings.pop("seed")
-    return settings
+    """The ``recommended`` preset's settings (its batch-aware form on data with batches)."""
+    return preset_settings("recommended", batches=batches)
 
 
 def run_case(name, reference, query, *, batch_key, seed, epochs, extra=None) -> dict:

@@ -12,15 +12,14 @@ The suite: PBMC 4k, mouse bladder and worm neurons (X/Y files), and the two cond
 of the Kang PBMC file as two single-batch datasets (control, stimulated), all from
 ``../shared/data``, preprocessed with the workflow's filters (``config/config.yaml``).
 
-Methods (``benchmarks/quality_methods.yaml``): every variant of the workflow config
-(its settings are ``scvae.config.resolve_variant``'s: package defaults, config
-defaults, the variant), extra candidate settings, PCA 10/20/50 (the workflow's
-baseline), and scVI (scvi-tools defaults; ``scvi_<tag>`` rows change one setting). The
-VAE and scVI train on the same cells (the VAE's training split; its validation cells are
-where the held-out IWAE log-likelihood of the VAE and ``get_marginal_ll`` of scVI are
-measured). Every embedding is scored by the same code: KMeans ARI/NMI (mean over 5
-fits, k = number of labels), Leiden ARI/NMI at resolutions 0.25-2 and the best of them
-(scIB's choice), collapse diagnostics for the VAEs.
+Methods (``benchmarks/quality_methods.yaml``): every preset of the package
+(``scvae.presets``: package defaults, then the preset), extra candidate settings, PCA
+10/20/50 (the workflow's baseline), and scVI (scvi-tools defaults; ``scvi_<tag>`` rows
+change one setting). The VAE and scVI train on the same cells (the VAE's training split;
+its validation cells are where the held-out IWAE log-likelihood of the VAE and
+``get_marginal_ll`` of scVI are measured). Every embedding is scored by the same code:
+KMeans ARI/NMI (mean over 5 fits, k = number of labels), Leiden ARI/NMI at resolutions
+0.25-2 and the best of them (scIB's choice), collapse diagnostics for the VAEs.
 
 Records go to ``benchmarks/quality_records.jsonl`` (one JSON line per run, keyed by
 dataset, method, the hash of its settings and seed); a rerun skips what is there.
@@ -70,17 +69,14 @@ KMEANS_FITS = 5
 # ---------------------------------------------------------------------------- methods
 
 
-def load_methods(config_path: Path = ROOT / "config" / "config.yaml") -> dict[str, dict]:
+def load_methods() -> dict[str, dict]:
     """Every method by name: ``{"kind": "vae"|"pca"|"scvi", ...}``."""
-    from scvae.config import resolve_variant
+    from scvae.presets import PRESETS, preset_settings
 
-    config = yaml.safe_load(config_path.read_text())
     spec = yaml.safe_load(METHODS.read_text())
     methods: dict[str, dict] = {}
-    for name in config["variants"]:
-        settings = resolve_variant(config, name, 0)
-        settings.pop("seed")
-        methods[name] = {"kind": "vae", "settings": settings}
+    for name in PRESETS:
+        methods[name] = {"kind": "vae", "settings": preset_settings(name)}
     for name, extra in (spec.get("candidates") or {}).items():
         base = dict(methods[extra.pop("base", "recommended")]["settings"])
         methods[name] = {"kind": "vae", "settings": {**base, **extra}}
@@ -132,7 +128,7 @@ def _scores(X: np.ndarray, labels: np.ndarray, seed: int) -> dict:
 
 def _run_vae(adata, settings: dict, seed: int) -> tuple[np.ndarray, dict]:
     import scvae
-    from scvae.diagnostics.run import diagnose
+    from scvae.diagnostics.suite import diagnose
 
     model = scvae.train(adata, progress=False, **{**settings, "seed": seed, "threads": 1})
     X = model.get_latent(adata)

@@ -23,8 +23,8 @@ Parts (each measurement runs in a fresh subprocess, so peak RSS is per run):
     numbers, slower), a plain-torch loop of the same VAE module (the floor: the loss
     computed directly from ``module.inference``/``module.generative``), and scvi-tools
     SCVI (in ``--bench-python``, a separate environment, see benchmarks/README.md).
-    Then each tool at its own defaults (scvae: the ``recommended`` variant of
-    config/config.yaml; SCVI: ``SCVI(adata).train()``). KMeans ARI/NMI on the latent
+    Then each tool at its own defaults (scvae: the ``recommended`` preset,
+    ``scvae.presets``; SCVI: ``SCVI(adata).train()``). KMeans ARI/NMI on the latent
     means (k = number of labels).
 ``loader``
     Reading minibatches of 128 without training: in memory, on disk with the block
@@ -37,7 +37,7 @@ Parts (each measurement runs in a fresh subprocess, so peak RSS is per run):
     The ``recommended`` variant at batch sizes 128, 256, 512 and 1024 (everything else
     at its config value): epochs run, time, cells/s, validation ELBO, KMeans ARI.
 ``diagnostics``
-    ``scvae.diagnostics.run.diagnose`` (MI on 10,000 cells, IWAE K=100 on the validation
+    ``scvae.diagnostics.suite.diagnose`` (MI on 10,000 cells, IWAE K=100 on the validation
     split, decoder Jacobian on 500 cells) on a model of 100,000 synthetic cells.
 
 Results go to ``--out`` (JSON) and are printed as markdown tables.
@@ -144,8 +144,8 @@ def worker_epoch(a: dict) -> dict:
     import torch
 
     import scvae
-    from scvae.config import resolve_variant
     from scvae.data.h5ad import read_h5ad
+    from scvae.presets import preset_settings
 
     torch.set_num_threads(a["threads"])
     load0 = load()
@@ -157,7 +157,7 @@ def worker_epoch(a: dict) -> dict:
         adata = read_h5ad(a["path"], backed=True)
     load_seconds = time.perf_counter() - started
     loaded = rss_mb()
-    settings = resolve_variant(config(), "recommended", 0)
+    settings = preset_settings("recommended")
     settings.update(ARCHITECTURE)
     settings.update(
         batch_size=a["batch_size"],
@@ -270,10 +270,10 @@ def worker_fit(a: dict) -> dict:
     if tool == "scvi":
         return _scvi_fit(adata, labels, a) | {"load_avg": [load0, load()]}
     import scvae
-    from scvae.config import resolve_variant
+    from scvae.presets import preset_settings
     from scvae.training.objective import FreeBitsELBO
 
-    settings = resolve_variant(config(), "recommended", a["seed"])
+    settings = {**preset_settings("recommended"), "seed": a["seed"]}
     if not a.get("defaults"):
         settings.update(ARCHITECTURE)
         settings.update(batch_size=128, max_epochs=a["epochs"], early_stopping=False)
@@ -360,7 +360,7 @@ def _scvi_fit(adata, labels, a: dict) -> dict:
 def worker_preprocess(a: dict) -> dict:
     """The workflow's preprocess stage on a synthetic file, streamed or in memory."""
     os.environ["SCVAE_BACKED_MIN_GB"] = "0" if a["mode"] == "streamed" else "inf"
-    from scvae.preprocess.run import run_preprocess
+    from scvae.stages.preprocess import run_preprocess
 
     out = Path(a["out"])
     started = time.perf_counter()
@@ -412,7 +412,7 @@ def worker_diagnostics(a: dict) -> dict:
     import torch
 
     import scvae
-    import scvae.diagnostics.run as dg
+    import scvae.diagnostics.suite as dg
 
     torch.set_num_threads(a["threads"])
     adata = anndata.read_h5ad(a["path"])

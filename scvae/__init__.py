@@ -12,9 +12,13 @@ __getattr__, __dir__, __all__ = lazy_attributes(
     __name__,
     {
         "SCVAE": "scvae.model",
-        "train": "scvae.training.loop",
+        # The scanpy-style namespaces: scvae.pp, scvae.tl, scvae.pl.
+        "pp": "scvae.pp",
+        "tl": "scvae.tl",
+        "pl": "scvae.pl",
+        "train": "scvae.model",
         "read_counts": "scvae.data.readers",
         "read_h5ad": "scvae.data.h5ad",
-        "read_run": "scvae.data.runs",
+        "read_run": "scvae.decode",
     },
 )

@@ -1,37 +1,11 @@
-"""The ``baseline`` stage: embeddings (PCA, Harmony, scVI) the VAE variants are compared with.
+"""Baseline embeddings (PCA, Harmony, scVI) the VAE variants are compared with.
 
-A baseline is written like a trained variant: an h5ad with the embedding in
-``obsm["X_scvae"]``, so that :func:`scvae.cluster.run_cluster` and the comparison treat it
-the same way. Run names (``pca<N>``, ``harmony``, ``scvi``, ``scvi_e<N>``) and which
-runs a dataset gets are in :mod:`scvae.baseline_names`.
-
-Baseline h5ad contract (written by :func:`run_baseline`)
---------------------------------------------------------
-- A run file (:func:`scvae.data.runs.write_run`) that extends the input h5ad: its
-  ``obs`` and ``uns`` (without ``uns["scvae"]["train"]``, so that nothing is mistaken for
-  a trained model's output) and the embedding; :func:`scvae.data.runs.read_run` attaches
-  the counts and the rest of the input. Counts on disk (inputs of 1 GiB or more, see
-  :func:`scvae.data.h5ad.read_h5ad`) stay there: the PCA reads them in chunks
-  (:func:`pca_embedding`); scVI reads them all into memory.
-- ``uns["scvae"]["baseline"]``: ``method`` (str), ``n_components`` (int, the embedding's
-  dimension; absent only for an unavailable scVI asked for no particular size),
-  ``seed`` (int), ``status`` (``"ok"`` or ``"unavailable"``) and:
-
-  - PCA and Harmony: ``target_sum`` (float, of the normalization before the PCA);
-  - Harmony: ``batch_keys`` (list of str: ``"batch"`` and the covariate columns, the
-    variables Harmony corrects);
-  - scVI: ``n_latent`` (int), ``gene_likelihood`` (str), ``max_epochs`` (int, the
-    epochs run; when scvi-tools is missing, only when asked for), ``batch_key`` (str,
-    only when the data have batches) and ``covariate_keys`` (list of str, only when
-    there are covariates).
-
-- Available (``status == "ok"``): ``obsm["X_scvae"]`` (cells x ``n_components``,
-  float32) and ``uns["scvae"]["baseline"]["seconds"]`` (float, wall time of the
-  embedding). There is never an ``obsm["X_scvae_scale"]``.
-- Unavailable (scvi-tools or harmonypy missing): no ``obsm["X_scvae"]`` and
-  ``uns["scvae"]["baseline"]["unavailable"]`` = the reason (str). The key's presence is
-  the test; :func:`scvae.cluster.run_cluster` passes such a file through and writes a
-  metrics JSON with ``status: "unavailable"``.
+Array-level functions (:func:`pca_embedding`, :func:`harmony_embedding`,
+:func:`scvi_embedding`) and their AnnData forms, scanpy's way (:func:`pca`,
+:func:`harmony`, :func:`scvi`: ``scvae.tl``). The workflow's ``baseline`` stage, which
+writes each as a run file like a trained variant's, is :mod:`scvae.stages.baseline`;
+run names (``pca<N>``, ``harmony``, ``scvi``, ``scvi_e<N>``) and which runs a dataset
+gets are in :mod:`scvae.baseline_names`.
 
 The batch and covariates come from the preprocessing record:
 ``uns["scvae"]["preprocess"]["batch_key"]`` (the column, ``"batch"``, or absent/None
@@ -40,12 +14,9 @@ without batches) and ``uns["scvae"]["preprocess"]["covariate_keys"]``.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import os
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import anndata as ad
 import numpy as np
@@ -53,21 +24,23 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
-from scvae.baseline_names import BASELINE_METHODS, HARMONY_N_COMPONENTS, baseline_name
-from scvae.data.h5ad import read_h5ad
-from scvae.data.loaders import counts_matrix
+from scvae.baseline_names import HARMONY_N_COMPONENTS
+from scvae.data.loaders import counts_data, counts_matrix
 from scvae.data.ondisk import H5CSR, is_ondisk, row_chunks, row_sums, take_rows
-from scvae.data.runs import write_run
 from scvae.errors import InputError
+from scvae.utils.extras import import_optional
 
 __all__ = [
+    "PCA_N_COMPONENTS",
     "BaselineUnavailable",
     "batch_columns",
+    "harmony",
     "harmony_embedding",
     "median_library_size",
     "parse_target_sum",
+    "pca",
     "pca_embedding",
-    "run_baseline",
+    "scvi",
     "scvi_embedding",
 ]
 
@@ -84,7 +57,7 @@ def _counts(adata: ad.AnnData) -> sp.csr_matrix | H5CSR:
     Counts on disk are checked chunk by chunk where they are read
     (:func:`_log_normalized_chunks`).
     """
-    if "counts" not in adata.layers and adata.X is None:
+    if counts_data(adata) is None:
         raise InputError("no counts: adata has neither layers['counts'] nor X")
     counts = counts_matrix(adata)
     if not is_ondisk(counts) and counts.nnz and counts.data.min() < 0:
@@ -139,7 +112,7 @@ def pca_embedding(
     :func:`scanpy.pp.pca` with ``n_comps=n_components`` on all genes (no HVG
     selection and no scaling: the inputs are already restricted to variable genes).
     ``adata`` is not modified; the caller decides where the result goes
-    (:func:`run_baseline` puts it in ``obsm["X_scvae"]``).
+    (:func:`scvae.stages.baseline.run_baseline` puts it in ``obsm["X_scvae"]``).
 
     Parameters
     ----------
@@ -323,12 +296,9 @@ def harmony_embedding(
         When ``batch_keys`` is empty or names a missing column.
     """
     try:
-        import harmonypy  # imported only when this baseline runs
+        harmonypy = import_optional("harmonypy", "the Harmony baseline")
     except ImportError as err:
-        raise BaselineUnavailable(
-            f"harmonypy is not installed ({err}); `pip install harmonypy` to run the "
-            "Harmony baseline"
-        ) from err
+        raise BaselineUnavailable(str(err)) from err
     if not batch_keys:
         raise InputError("Harmony needs a batch column; the data have no batches")
     missing = [k for k in batch_keys if k not in adata.obs]
@@ -403,12 +373,9 @@ def scvi_embedding(
         When scvi-tools is not installed.
     """
     try:
-        import scvi  # optional extra, imported only when this baseline runs
+        scvi = import_optional("scvi", "the scVI baseline")
     except ImportError as err:
-        raise BaselineUnavailable(
-            f"scvi-tools is not installed ({err}); install the optional extra "
-            "`pip install 'scvae[scvi]'` to run the scVI baseline"
-        ) from err
+        raise BaselineUnavailable(str(err)) from err
     scvi.settings.seed = seed
     if n_threads > 0:
         scvi.settings.num_threads = n_threads
@@ -436,158 +403,205 @@ def scvi_embedding(
     return np.asarray(model.get_latent_representation(), dtype=np.float32), settings
 
 
-def _baseline_output(adata: ad.AnnData) -> ad.AnnData:
-    """The input's cells, genes and ``uns``, without any earlier model output."""
-    uns = copy.deepcopy(dict(adata.uns))
-    uns.setdefault("scvae", {}).pop("train", None)
-    return ad.AnnData(obs=adata.obs.copy(), var=pd.DataFrame(index=adata.var_names.copy()), uns=uns)
+# --------------------------------------------------------------------------------------
+# The embeddings into an AnnData, scanpy's way (scvae.tl.pca, scvae.tl.harmony, scvae.tl.scvi)
+# --------------------------------------------------------------------------------------
+
+PCA_N_COMPONENTS = 50
+"""Principal components of :func:`pca` by default (scanpy's ``n_comps``)."""
 
 
-def _embed(
+def _store_embedding(
+    adata: ad.AnnData, emb: np.ndarray, key_added: str, params: dict, copy: bool
+) -> ad.AnnData | None:
+    """``obsm[key_added]`` and its settings in ``uns[<key_added without "X_">]["params"]``."""
+    adata = adata.copy() if copy else adata
+    adata.obsm[key_added] = emb
+    uns_key = key_added.removeprefix("X_")
+    adata.uns[uns_key] = {"params": params}
+    logger.info(
+        "%s: added obsm[%r] (%d dimensions), uns[%r]['params']",
+        params["method"],
+        key_added,
+        emb.shape[1],
+        uns_key,
+    )
+    return adata if copy else None
+
+
+def pca(
     adata: ad.AnnData,
-    record: dict,
     *,
-    n_components: int | None,
-    max_epochs: int | None,
-    target_sum: float | None,
-    n_threads: int,
-) -> np.ndarray:
-    """The embedding of ``record["method"]``; adds the settings used to ``record``."""
-    method, seed = record["method"], record["seed"]
-    batch_key, covariates = batch_columns(adata)
-    if method in ("pca", "harmony"):
-        record["target_sum"] = median_library_size(adata) if target_sum is None else target_sum
-    if method == "pca":
-        if n_components is None:
-            raise InputError("a pca baseline needs n_components")
-        record["n_components"] = int(n_components)
-        return pca_embedding(
-            adata, n_components=n_components, target_sum=record["target_sum"], seed=seed
-        )
-    if method == "harmony":
-        if batch_key is None:
-            raise InputError(
-                "Harmony needs batches, and uns['scvae']['preprocess'] has no batch_key "
-                "(set batch_key or samples for the dataset)"
-            )
-        record["n_components"] = int(n_components or HARMONY_N_COMPONENTS)
-        record["batch_keys"] = [batch_key, *covariates]
-        return harmony_embedding(
-            adata,
-            batch_keys=record["batch_keys"],
-            n_components=record["n_components"],
-            target_sum=record["target_sum"],
-            seed=seed,
-            n_threads=n_threads,
-        )
-    if max_epochs is not None:
-        record["max_epochs"] = int(max_epochs)
+    n_components: int = PCA_N_COMPONENTS,
+    target_sum: float | None = None,
+    seed: int = 0,
+    key_added: str = "X_pca",
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """PCA of the log-normalized counts, the ``pca<N>`` baseline (:func:`pca_embedding`).
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts (``layers["counts"]``, else ``X``); the counts are not
+        changed (the normalization is done on a private copy).
+    n_components
+        Number of principal components.
+    target_sum
+        Counts per cell after normalization; None: the median library size.
+    seed
+        ``random_state`` of the PCA.
+    key_added
+        obsm key of the embedding.
+    copy
+        Return a copy with the embedding instead of writing into ``adata``.
+
+    Returns
+    -------
+    anndata.AnnData or None
+        The copy when ``copy=True``, else None. Written: ``obsm[key_added]`` (cells x
+        ``n_components``, float32) and ``uns[key]["params"]`` (``method``,
+        ``n_components``, ``target_sum``, ``seed``), ``key`` being ``key_added``
+        without its ``"X_"`` (``uns["pca"]`` by default, as scanpy).
+    """
+    target = median_library_size(adata) if target_sum is None else float(target_sum)
+    emb = pca_embedding(adata, n_components=n_components, target_sum=target, seed=seed)
+    params = {
+        "method": "pca",
+        "n_components": int(n_components),
+        "target_sum": target,
+        "seed": int(seed),
+    }
+    return _store_embedding(adata, emb, key_added, params, copy)
+
+
+def harmony(
+    adata: ad.AnnData,
+    batch_key: str | Sequence[str],
+    *,
+    n_components: int = HARMONY_N_COMPONENTS,
+    target_sum: float | None = None,
+    seed: int = 0,
+    n_threads: int = 0,
+    key_added: str = "X_harmony",
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Harmony on the PCA of the log-normalized counts, the ``harmony`` baseline.
+
+    :func:`harmony_embedding`: the PCA of :func:`pca`, corrected by harmonypy for the
+    ``batch_key`` columns.
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts and the batch columns in ``obs``.
+    batch_key
+        obs column of the batch, or several columns (the batch, then covariates).
+    n_components
+        Principal components to correct.
+    target_sum
+        Counts per cell after normalization; None: the median library size.
+    seed
+        Seed of the PCA and of Harmony's k-means initialization.
+    n_threads
+        Harmony's threads (0: one per physical core); the result does not depend on it.
+    key_added
+        obsm key of the embedding.
+    copy
+        Return a copy with the embedding instead of writing into ``adata``.
+
+    Returns
+    -------
+    anndata.AnnData or None
+        The copy when ``copy=True``, else None. Written: ``obsm[key_added]`` (cells x
+        ``n_components``, float32) and ``uns[key]["params"]`` (``method``,
+        ``n_components``, ``target_sum``, ``batch_keys``, ``seed``), ``key`` being
+        ``key_added`` without its ``"X_"`` (``uns["harmony"]`` by default).
+
+    Raises
+    ------
+    BaselineUnavailable
+        When harmonypy is not installed.
+    InputError
+        When a batch column is missing.
+    """
+    batch_keys = [batch_key] if isinstance(batch_key, str) else [str(k) for k in batch_key]
+    target = median_library_size(adata) if target_sum is None else float(target_sum)
+    emb = harmony_embedding(
+        adata,
+        batch_keys=batch_keys,
+        n_components=n_components,
+        target_sum=target,
+        seed=seed,
+        n_threads=n_threads,
+    )
+    params = {
+        "method": "harmony",
+        "n_components": int(n_components),
+        "target_sum": target,
+        "batch_keys": batch_keys,
+        "seed": int(seed),
+    }
+    return _store_embedding(adata, emb, key_added, params, copy)
+
+
+def scvi(
+    adata: ad.AnnData,
+    *,
+    batch_key: str | None = None,
+    covariate_keys: Sequence[str] = (),
+    n_latent: int | None = None,
+    max_epochs: int | None = None,
+    seed: int = 0,
+    n_threads: int = 0,
+    key_added: str = "X_scvi",
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """The latent means of scVI, the ``scvi`` baseline (:func:`scvi_embedding`).
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts (read into memory).
+    batch_key
+        obs column of the batch; None: none.
+    covariate_keys
+        obs columns of categorical covariates.
+    n_latent
+        Latent dimension; None: scvi-tools' default.
+    max_epochs
+        Training epochs; None: scvi-tools' rule.
+    seed
+        scvi-tools' seed.
+    n_threads
+        torch threads (0: torch's default).
+    key_added
+        obsm key of the embedding.
+    copy
+        Return a copy with the embedding instead of writing into ``adata``.
+
+    Returns
+    -------
+    anndata.AnnData or None
+        The copy when ``copy=True``, else None. Written: ``obsm[key_added]`` (cells x
+        ``n_latent``, float32) and ``uns[key]["params"]`` (``method``, ``n_latent``,
+        ``gene_likelihood``, ``max_epochs`` (the epochs run), ``seed``, and
+        ``batch_key`` and ``covariate_keys`` when given), ``key`` being ``key_added``
+        without its ``"X_"`` (``uns["scvi"]`` by default).
+
+    Raises
+    ------
+    BaselineUnavailable
+        When scvi-tools is not installed.
+    """
     emb, settings = scvi_embedding(
         adata,
         batch_key=batch_key,
-        covariate_keys=covariates,
-        n_latent=n_components,
+        covariate_keys=list(covariate_keys),
+        n_latent=n_latent,
         max_epochs=max_epochs,
         seed=seed,
         n_threads=n_threads,
     )
-    record.update(settings, n_components=settings["n_latent"])
-    return emb
-
-
-def run_baseline(
-    input_h5ad: str | os.PathLike,
-    output_h5ad: str | os.PathLike,
-    *,
-    method: str,
-    n_components: int | None = None,
-    seed: int = 0,
-    max_epochs: int | None = None,
-    target_sum: float | None = None,
-    n_threads: int = 0,
-) -> dict:
-    """Compute a baseline embedding of an h5ad and write it like a trained variant.
-
-    See the module docstring for the output contract. Harmony and scVI use the batch
-    and covariates of ``uns["scvae"]["preprocess"]`` (:func:`batch_columns`). A
-    baseline whose library is missing (scvi-tools, harmonypy) is not an error: the
-    h5ad is written without an embedding and with
-    ``uns["scvae"]["baseline"]["unavailable"]`` set to the reason, and a warning is
-    logged.
-
-    Parameters
-    ----------
-    input_h5ad
-        Preprocessed h5ad with raw counts.
-    output_h5ad
-        Where to write the baseline h5ad.
-    method
-        ``"pca"``, ``"harmony"`` or ``"scvi"``.
-    n_components
-        Embedding dimension: PCA components (required for ``"pca"``), Harmony's PCA
-        components (None:
-        :data:`scvae.baseline_names.HARMONY_N_COMPONENTS`) or scVI's ``n_latent`` (None:
-        scvi-tools' default).
-    seed
-        Seed for the method.
-    max_epochs
-        scVI only: training epochs (``None``: scvi-tools' default).
-    target_sum
-        PCA and Harmony: counts per cell after normalization (``None``: the median
-        library size, see :func:`pca_embedding`).
-    n_threads
-        Harmony and scVI: threads (0: the library's default).
-
-    Returns
-    -------
-    dict
-        The ``uns["scvae"]["baseline"]`` record written.
-
-    Raises
-    ------
-    InputError
-        For an unknown method, unusable input, or Harmony on data without batches; the
-        message names the input file.
-    """
-    if method not in BASELINE_METHODS:
-        raise InputError(f"unknown baseline method {method!r}; choose one of {BASELINE_METHODS}")
-    # Large files: the counts stay on disk (the PCA reads them in chunks).
-    adata = read_h5ad(input_h5ad, backed=None)
-    out = _baseline_output(adata)
-    record: dict = {"method": method, "seed": int(seed), "status": "ok"}
-    if n_components is not None:
-        record["n_components"] = int(n_components)
-    name = (
-        method
-        if method == "pca" and n_components is None
-        else baseline_name(method, n_components, max_epochs)
-    )
-    start = time.perf_counter()
-    try:
-        emb = _embed(
-            adata,
-            record,
-            n_components=n_components,
-            max_epochs=max_epochs,
-            target_sum=target_sum,
-            n_threads=n_threads,
-        )
-    except InputError as err:
-        raise InputError(f"{input_h5ad}: {err}") from err
-    except BaselineUnavailable as err:
-        record["status"] = "unavailable"
-        record["unavailable"] = str(err)
-        logger.warning("%s baseline unavailable: %s", name, err)
-    else:
-        record["seconds"] = float(time.perf_counter() - start)
-        out.obsm["X_scvae"] = emb
-    out.uns["scvae"]["baseline"] = record
-
-    write_run(out, output_h5ad, extends=input_h5ad, obsm=list(out.obsm))
-    logger.info(
-        "wrote %s: %s%s, uns['scvae']['baseline']",
-        output_h5ad,
-        name,
-        " in obsm['X_scvae']" if "X_scvae" in out.obsm else " (unavailable, no embedding)",
-    )
-    return record
+    params = {"method": "scvi", **settings, "seed": int(seed)}
+    return _store_embedding(adata, emb, key_added, params, copy)

@@ -39,8 +39,8 @@ BASELINE_METHODS = ("pca", "harmony", "scvi")
 BASELINE_PATTERN = r"pca\d+|harmony|scvi(?:_e\d+)?"
 
 #: Principal components Harmony corrects: the usual 50 of Harmony's and Seurat's
-#: tutorials. The config's ``baselines.harmony_pcs`` repeats it as its default (a test
-#: holds the two equal).
+#: tutorials; also the default of the config's ``baselines.harmony_pcs``
+#: (:data:`scvae.config.WORKFLOW_DEFAULTS`).
 HARMONY_N_COMPONENTS = 50
 
 
@@ -146,9 +146,9 @@ def dataset_baselines(
     Parameters
     ----------
     baselines
-        The ``baselines`` section with the schema's defaults filled in (as the
-        workflow's ``validate`` does): ``pca`` (components), ``harmony`` and ``scvi``
-        (booleans), ``scvi_epochs`` (list of epochs).
+        The ``baselines`` section with its defaults filled in
+        (:func:`scvae.config.config_with_defaults`): ``pca`` (components),
+        ``harmony`` and ``scvi`` (booleans), ``scvi_epochs`` (list of epochs).
     has_batches
         Whether the dataset has batches (:func:`dataset_has_batches`); Harmony runs only
         then, since it has nothing to correct otherwise.

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from scvae.baseline_names import BASELINE_METHODS, HARMONY_N_COMPONENTS
-from scvae.errors import InputError, TrainingError
+from scvae.errors import InputError, MissingExtraError, TrainingError
 
 log = logging.getLogger("scvae")
 
@@ -59,6 +59,16 @@ def _samples_arg(values: list[str]) -> dict[str, str]:
     return samples
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _target_sum_arg(text: str) -> float | None:
     from scvae.baseline import parse_target_sum
 
@@ -84,7 +94,7 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> None:
-    from scvae.preprocess.run import run_preprocess
+    from scvae.stages.preprocess import run_preprocess
 
     run_preprocess(
         args.input,
@@ -104,7 +114,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.training.run import run_train
+    from scvae.stages.train import run_train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,7 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_diagnose(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.diagnostics.run import run_diagnose
+    from scvae.stages.diagnose import run_diagnose
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,7 +149,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> None:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> None:
-    from scvae.baseline import run_baseline
+    from scvae.stages.baseline import run_baseline
 
     run_baseline(
         args.input,
@@ -154,7 +164,7 @@ def _cmd_baseline(args: argparse.Namespace) -> None:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> None:
-    from scvae.cluster import run_cluster
+    from scvae.stages.cluster import run_cluster
 
     run_cluster(
         args.input,
@@ -170,7 +180,7 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from scvae.compare import run_compare
+    from scvae.stages.compare import run_compare
 
     run_compare(
         args.dataset,
@@ -185,7 +195,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_map(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.mapping import run_map
+    from scvae.stages.map import run_map
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -208,10 +218,21 @@ def _cmd_map(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from scvae.data.h5ad import write_h5ad
-    from scvae.data.runs import read_run
+    from scvae.stages.export import run_export
 
-    write_h5ad(read_run(args.input), args.output)
+    run_export(args.input, args.output)
+
+
+def _cmd_decode(args: argparse.Namespace) -> None:
+    from scvae.stages.decode import run_decode
+
+    run_decode(
+        args.input,
+        args.output,
+        model=args.model,
+        transform_batch=args.transform_batch,
+        batch_size=args.batch_size,
+    )
 
 
 def _cmd_convert_model(args: argparse.Namespace) -> None:
@@ -223,7 +244,7 @@ def _cmd_convert_model(args: argparse.Namespace) -> None:
 def _cmd_atlas_run(args: argparse.Namespace) -> None:
     import torch
 
-    from scvae.atlas.runs import run_atlas_job
+    from scvae.atlas.jobs import run_atlas_job
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -331,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--umap-plot", default=None, help="UMAP figure (.png)")
     p.add_argument("--markers", default=None, help="marker genes table (.tsv)")
     p.add_argument("--marker-plot", default=None, help="marker genes dot plot (.png)")
-    p.add_argument("--model", default=None, help="the run's model.pt: decoded expression layer")
+    p.add_argument("--model", default=None, help="the run's model.pt (for cluster: decoded)")
     p.add_argument("--params", type=_json_arg, default={}, help="clustering settings JSON")
     p.set_defaults(func=_cmd_cluster)
 
@@ -369,6 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="final.h5ad or latent.h5ad of a run")
     p.add_argument("--output", required=True, help="the self-contained .h5ad")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "decode",
+        help="write a VAE run with its decoded expression (layers['scvae_normalized']) as one h5ad",
+    )
+    p.add_argument("--input", required=True, help="final.h5ad or latent.h5ad of a VAE run")
+    p.add_argument("--output", required=True, help="the self-contained .h5ad")
+    p.add_argument("--model", default=None, help="model.pt (default: the one next to --input)")
+    p.add_argument(
+        "--transform-batch", default=None, help="decode every cell as if from this batch"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="cells decoded at once")
+    p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser(
         "convert-model",
@@ -423,10 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _sigterm_as_exception():
             args.func(args)
-    except (InputError, TrainingError, ValueError, OSError) as err:
+    except (InputError, TrainingError, ValueError, OSError, MissingExtraError) as err:
         # InputError/ValueError: bad input or settings; TrainingError: training diverged;
         # OSError (OutputError included): an output could not be written or an input
-        # read. The message names the file or the setting.
+        # read; MissingExtraError: an optional dependency is not installed. The message
+        # names the file, the setting or the extra to install.
         log.error("%s", err)
         print(f"scvae {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1

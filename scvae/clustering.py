@@ -2,12 +2,12 @@
 
 :func:`cluster` works on an embedding stored in an AnnData and records what it did;
 :func:`leiden_labels` clusters a plain array with the same graph and settings.
-:mod:`scvae.scores` scores the clusterings; :func:`scvae.cluster.run_cluster` is the
+:mod:`scvae.scores` scores the clusterings; :func:`scvae.stages.cluster.run_cluster` is the
 pipeline's file-to-file step.
 
 What :func:`cluster` writes: ``obsp["distances"]``, ``obsp["connectivities"]``,
-``uns["neighbors"]`` (scanpy); ``obs[key]`` (categorical, first resolution) and, with
-several resolutions, ``obs[f"{key}_r{res}"]`` for each; ``obsm["X_umap"]`` and
+``uns["neighbors"]`` (scanpy); ``obs[key_added]`` (categorical, first resolution) and,
+with several resolutions, ``obs[f"{key_added}_r{res}"]`` for each; ``obsm["X_umap"]`` and
 ``uns["umap"]`` when ``umap=True``; ``uns["scvae"]["cluster"]["params"]``.
 """
 
@@ -141,7 +141,7 @@ def cluster(
     use_rep: str = "X_scvae",
     n_neighbors: int = 15,
     resolutions: Sequence[float] = (1.0,),
-    key: str = "scvae_leiden",
+    key_added: str = "scvae_leiden",
     seed: int = 0,
     umap: bool = True,
     umap_max_cells: int | None = None,
@@ -164,10 +164,11 @@ def cluster(
     n_neighbors
         Neighbours per cell in the kNN graph (clamped to ``n_cells - 1``).
     resolutions
-        Leiden resolutions; the first one is the primary clustering in ``obs[key]``.
-    key
+        Leiden resolutions; the first one is the primary clustering in
+        ``obs[key_added]``.
+    key_added
         Name of the primary clustering in ``obs``. With several resolutions each
-        clustering also goes to ``obs[f"{key}_{resolution_tag(r)}"]``, e.g.
+        clustering also goes to ``obs[f"{key_added}_{resolution_tag(r)}"]``, e.g.
         ``"scvae_leiden_r0.5"``.
     seed
         Seed for the neighbour search, Leiden and UMAP.
@@ -185,7 +186,15 @@ def cluster(
     Returns
     -------
     AnnData or None
-        The copy when ``copy=True``, else ``None``.
+        The copy when ``copy=True``, else ``None``. Written (to the copy or in place):
+
+        - ``obs[key_added]``: the clusters at the first resolution (categorical), and
+          with several resolutions ``obs[f"{key_added}_{resolution_tag(r)}"]`` for each;
+        - ``obsp["distances"]``, ``obsp["connectivities"]``, ``uns["neighbors"]``: the
+          kNN graph (scanpy's keys; an earlier graph is replaced);
+        - ``obsm["X_umap"]``, ``uns["umap"]``: with ``umap=True``;
+        - ``uns["scvae"]["cluster"]["params"]``: the settings, the obs keys and the
+          number of clusters (the section is replaced, dropping stale metrics).
 
     Raises
     ------
@@ -203,11 +212,11 @@ def cluster(
         )
 
     sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, random_state=seed)
-    keys = [key] if len(res) == 1 else [f"{key}_{resolution_tag(r)}" for r in res]
+    keys = [key_added] if len(res) == 1 else [f"{key_added}_{resolution_tag(r)}" for r in res]
     for r, col in zip(res, keys, strict=True):
         sc.tl.leiden(adata, resolution=r, key_added=col, **_LEIDEN, random_state=seed)
     if len(res) > 1:
-        adata.obs[key] = adata.obs[keys[0]].copy()
+        adata.obs[key_added] = adata.obs[keys[0]].copy()
     umap_cells = adata.n_obs
     if umap:
         umap_cells = _umap(adata, use_rep, n_neighbors, seed, umap_max_cells)
@@ -217,7 +226,7 @@ def cluster(
         n_neighbors=n_neighbors,
         res=res,
         keys=keys,
-        key=key,
+        key=key_added,
         seed=seed,
         umap=umap,
         umap_cells=umap_cells,

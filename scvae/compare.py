@@ -2,7 +2,7 @@
 
 Inputs per run (one variant x seed, or one baseline):
 
-- the metrics JSON of :func:`scvae.cluster.run_cluster` (required): ``status``,
+- the metrics JSON of :func:`scvae.stages.cluster.run_cluster` (required): ``status``,
   ``metrics`` (flat), ``train`` (scalar entries of ``uns["scvae"]["train"]``) and
   ``baseline`` (``uns["scvae"]["baseline"]``, non-empty for baselines);
 - the diagnostics JSON of the diagnostics stage (optional; absent for baselines):
@@ -14,8 +14,9 @@ Inputs per run (one variant x seed, or one baseline):
 Every missing key becomes ``NaN`` (``""`` for strings), never an error. A run is given
 either as a pipeline run folder (:func:`record_from_run_dir`) or as a record mapping
 (:func:`collect`); the diagnostics come from the run's ``diagnostics.json`` when there
-is one, else from the summary that :func:`scvae.cluster.run_cluster` copies into the metrics
-JSON. :func:`run_compare` also draws the comparison figures (:func:`write_figures`).
+is one, else from the summary that :func:`scvae.stages.cluster.run_cluster` copies into the metrics
+JSON. The ``compare`` stage (:func:`scvae.stages.compare.run_compare`) writes the tables
+and draws the comparison figures (:func:`write_figures`).
 
 For data with batches the metrics JSON also holds the scIB metrics
 (:func:`scvae.integration.integration_scores`); their columns (:data:`SCIB_COLUMNS`, the
@@ -33,11 +34,12 @@ labels is free of the Leiden resolution choice, so variants are compared at equa
 cluster counts. Without labels, ``score = silhouette`` of the primary Leiden
 clustering on the embedding (raw, in [-1, 1]); it is a weak criterion across
 embeddings of different dimension, so read it next to ``n_clusters`` and
-``modularity``. A run is *collapsed* when its verdict is ``"collapsed"``
-(case-insensitive) or it has 0 active units; a variant is collapsed when more than
-half of its seeds are. :func:`summarize` ranks non-collapsed variants first, each
-group by mean score, descending; variants without a score (unavailable baselines)
-come last.
+``modularity``. A run is *collapsed* as :func:`scvae.diagnostics.verdicts.is_collapsed`
+decides: its verdict is ``"collapsed"`` (case-insensitive), or, for a run without a
+verdict, one of the verdict's scalar tests fails (MI, total KL, no active unit); a
+variant is collapsed when more than half of its seeds are. :func:`summarize` ranks
+non-collapsed variants first, each group by mean score, descending; variants without
+a score (unavailable baselines) come last.
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from scvae.diagnostics.verdicts import is_collapsed
 from scvae.errors import InputError
 from scvae.integration import SCIB_COLUMNS, scib_key
+from scvae.plotting import comparison as report
 from scvae.utils.atomic import atomic_path
 
 __all__ = [
@@ -72,7 +76,6 @@ __all__ = [
     "collect_kl_per_dim",
     "make_records",
     "record_from_run_dir",
-    "run_compare",
     "summarize",
     "write_figures",
     "write_tsv",
@@ -146,7 +149,6 @@ _CLUSTER_METRICS = [
     "silhouette",
     "modularity",
 ]
-COLLAPSED_VERDICT = "collapsed"
 
 
 # --------------------------------------------------------------------------------------
@@ -230,11 +232,6 @@ def _scib_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in SCIB_COLUMNS if c in df and df[c].notna().any()]
 
 
-def _collapsed(df: pd.DataFrame) -> pd.Series:
-    by_verdict = df["verdict"].str.strip().str.lower() == COLLAPSED_VERDICT
-    return by_verdict | (df["active_units"] == 0)
-
-
 def collect(run_records: Sequence[Mapping]) -> pd.DataFrame:
     """One row per run from its metrics, diagnostics and train records.
 
@@ -242,7 +239,7 @@ def collect(run_records: Sequence[Mapping]) -> pd.DataFrame:
     ----------
     run_records
         One mapping per run with ``dataset`` (str), ``variant`` (str), ``seed`` (int),
-        ``metrics`` (path or loaded metrics JSON of :func:`scvae.cluster.run_cluster`) and
+        ``metrics`` (path or loaded metrics JSON of :func:`scvae.stages.cluster.run_cluster`) and
         optionally ``diagnostics`` and ``train`` (path, loaded mapping, or None).
 
     Returns
@@ -262,7 +259,9 @@ def collect(run_records: Sequence[Mapping]) -> pd.DataFrame:
     )
     df["seed"] = df["seed"].astype("Int64")
     df["score"] = _score(df)
-    df["collapsed"] = _collapsed(df)
+    df["collapsed"] = is_collapsed(
+        df["verdict"], mi=df["mi"], kl_total=df["kl_total"], active_units=df["active_units"]
+    )
     return df[COLUMNS + EXTRA_COLUMNS + _scib_columns(df)]
 
 
@@ -404,7 +403,7 @@ def make_records(
     Returns
     -------
     list of dict
-        Records for :func:`collect` (without ``dataset``; :func:`run_compare` adds it).
+        Records for :func:`collect` (without ``dataset``; the ``compare`` stage adds it).
     """
     n = len(variants)
     diagnostics_json = [None] * n if diagnostics_json is None else list(diagnostics_json)
@@ -532,8 +531,6 @@ def write_figures(
     list of Path
         The figures written.
     """
-    from scvae.plotting import comparison as report
-
     out = Path(figure_dir)
     paths = {name: out / f"{name}.png" for name in FIGURES}
     report.plot_kl_heatmap(collect_kl_per_dim(records), paths["kl_heatmap"])
@@ -571,68 +568,3 @@ def write_figures(
     }
     report.plot_training_curves(histories, paths["training_curves"])
     return list(paths.values())
-
-
-def run_compare(
-    dataset: str,
-    runs: Sequence[str | os.PathLike | Mapping],
-    out_tsv: str | os.PathLike,
-    out_summary_tsv: str | os.PathLike,
-    *,
-    figure_dir: str | os.PathLike | None = None,
-    notes: Sequence[str] = (),
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Build the per-run table and the ranked summary of a dataset; write TSVs and figures.
-
-    Parameters
-    ----------
-    dataset
-        Dataset name, written in the ``dataset`` column of every row.
-    runs
-        Run folders (see :func:`record_from_run_dir`) or run records as for
-        :func:`collect` (``dataset`` is set here; :func:`make_records` builds them
-        from parallel file lists).
-    out_tsv
-        Per-run table (:func:`collect`).
-    out_summary_tsv
-        Per-variant summary (:func:`summarize`).
-    figure_dir
-        Folder for the comparison figures (:func:`write_figures`); none when None.
-    notes
-        Remarks for the report (for example a skipped baseline); logged and, with a
-        ``figure_dir``, written one per line to ``figure_dir/notes.txt``.
-
-    Returns
-    -------
-    tuple of pandas.DataFrame
-        ``(runs, summary)``.
-    """
-    if not runs:
-        raise InputError(f"no runs to compare for dataset {dataset!r}")
-    records = [
-        {**(r if isinstance(r, Mapping) else record_from_run_dir(r)), "dataset": dataset}
-        for r in runs
-    ]
-    table = collect(records)
-    summary = summarize(table)
-    write_tsv(table, out_tsv)
-    write_tsv(summary, out_summary_tsv)
-    for note in notes:
-        logger.warning("%s: %s", dataset, note)
-    if figure_dir is not None:
-        write_figures(records, table, figure_dir)
-        if notes:
-            with atomic_path(Path(figure_dir) / "notes.txt") as tmp:
-                tmp.write_text("".join(f"{n}\n" for n in notes))
-    best = summary.iloc[0]
-    logger.info(
-        "%s: %d runs of %d variants -> %s, %s; best: %s (score %.4g)",
-        dataset,
-        len(table),
-        len(summary),
-        out_tsv,
-        out_summary_tsv,
-        best["variant"],
-        best["score_mean"],
-    )
-    return table, summary

@@ -57,7 +57,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scvae.data.loaders import counts_data, counts_source
 from scvae.errors import InputError
+from scvae.utils.extras import import_optional
 
 __all__ = [
     "BATCH_AGGREGATE",
@@ -199,7 +201,7 @@ def _import_scib_metrics():
     with scib-metrics is the CPU build).
     """
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import scib_metrics
+    scib_metrics = import_optional("scib_metrics", "the scIB metrics")
 
     # Its INFO lines ("... consists of a single batch or is too small. Skip.") go to a
     # handler of its own, past the stage's log.
@@ -274,6 +276,8 @@ def scib_scores(
     ValueError
         When the shapes disagree, values are missing or not finite, or there are fewer
         than two batches or three cells.
+    ImportError
+        When scib-metrics is not installed (the ``integration`` extra).
     """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] == 0 or not np.isfinite(X).all():
@@ -389,7 +393,7 @@ def unintegrated_pca(counts: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarra
 
 def _counts(adata: ad.AnnData, layer: str) -> sp.csr_matrix | np.ndarray:
     """``layers[layer]`` (else ``X``) in memory, also when the file was read backed."""
-    counts = adata.layers[layer] if layer in adata.layers else adata.X
+    counts = counts_data(adata, layer)
     if counts is None:
         raise InputError(f"no layers[{layer!r}] and no X: the PCR comparison needs the counts")
     if hasattr(counts, "to_memory"):  # anndata's on-disk CSR dataset
@@ -468,6 +472,8 @@ def integration_scores(
     InputError
         When ``obs[batch_key]`` is missing or has missing values, or the embedding is
         missing or not finite.
+    ImportError
+        When scib-metrics is not installed (the ``integration`` extra).
     """
     # Here, not at the top: scvae.clustering loads scanpy, and the comparison stage
     # imports this module's names without needing it.
@@ -513,7 +519,7 @@ def integration_scores(
         "bio_weight": BIO_WEIGHT,
         "reference": (
             f"PCA ({X_pre.shape[1]} components) of log-normalized "
-            f"{'layers[' + repr(counts_layer) + ']' if counts_layer in adata.layers else 'X'}"
+            f"{counts_source(adata, counts_layer)}"
         ),
         "seconds": float(seconds),
     }

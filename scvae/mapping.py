@@ -15,49 +15,56 @@
 - labels are transferred from the reference by a kNN vote in the latent space
   (:func:`transfer_labels`), with a per-cell uncertainty.
 
-:func:`run_map` is the stage, file to file (the ``scvae map`` command, the workflow's
-``map`` rule).
+:func:`ingest` does the same in place on an AnnData, scanpy's way (``scvae.tl.ingest``);
+the stage, file to file, is :func:`scvae.stages.map.run_map`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scanpy as sc
 import scipy.sparse as sp
 import torch
+from sklearn.neighbors import NearestNeighbors
 
 from scvae.data.loaders import CountBatches, counts_matrix
 from scvae.errors import InputError
-from scvae.model import SCVAE
 from scvae.module.encoding import module_device
 from scvae.module.vae import VAE
 from scvae.training.objective import FreeBitsELBO
-from scvae.utils.jsonio import jsonable, write_json
+from scvae.utils.jsonio import jsonable
 
 __all__ = [
+    "LATENT_KEY",
     "MIN_GENE_FRACTION",
+    "TRANSFERRED_KEY",
     "align_genes",
     "extend_categories",
     "fine_tune",
+    "JSON_ONLY",
+    "ingest",
     "map_query",
-    "run_map",
     "transfer_labels",
+    "uns_record",
 ]
+
+if TYPE_CHECKING:
+    from scvae.model import SCVAE
 
 log = logging.getLogger(__name__)
 
 MIN_GENE_FRACTION = 0.5
 """Fewest of the model's genes, as a fraction, that a query must have."""
 
-# Entries of the record kept out of uns (long lists, or keys named by labels).
-_JSON_ONLY = ("genes_missing", "fine_tune_losses", "accuracy_per_label", "new_categories")
+JSON_ONLY = ("genes_missing", "fine_tune_losses", "accuracy_per_label", "new_categories")
+"""Entries of a mapping's record kept out of ``uns`` (long lists, or keys named by labels)."""
 
 # State-dict entries with one row per batch category (the rest that change shape with
 # the categories read the one-hot covariates in their last input columns).
@@ -207,16 +214,19 @@ def extend_categories(
     new_module.load_state_dict(new_state)
     params = dict(new_module.named_parameters())
     masks = {k: v for k, v in masks.items() if k in params}
-    extended = SCVAE(
+    # The model's own class: mapping sits above the model and does not import it.
+    extended = type(model).from_module(
         new_module.eval(),
         model.train_config,
         model.var_names,
         model.history,
         model.summary,
         model.split,
+        layer=model.layer,
         batch_key=model.batch_key,
         covariate_keys=model.covariate_keys,
         categories={k: list(v) for k, v in categories.items()},
+        preset=model.preset,
     )
     return extended, masks
 
@@ -367,8 +377,6 @@ def transfer_labels(
         neighbours that vote for the predicted label (0: all agree), as scArches'
         ``uncertainty`` but with equal votes instead of distance weights.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     labels = np.asarray(pd.Series(labels).astype(str))
     k = min(n_neighbors, len(labels))
     nn = NearestNeighbors(n_neighbors=k).fit(reference)
@@ -378,6 +386,13 @@ def transfer_labels(
     np.add.at(votes, (np.repeat(np.arange(len(query)), k), coded[idx].ravel()), 1.0)
     best = votes.argmax(1)
     return classes[best], 1.0 - votes.max(1) / k
+
+
+LATENT_KEY = "X_scvae"
+"""Default ``obsm`` key of the query's codes (its posterior scales: ``f"{key}_scale"``)."""
+
+TRANSFERRED_KEY = "scvae_label"
+"""Default ``obs`` key of the transferred labels (uncertainty: ``f"{key}_uncertainty"``)."""
 
 
 def map_query(
@@ -394,6 +409,10 @@ def map_query(
     source: str = "query",
 ) -> tuple[ad.AnnData, SCVAE, dict]:
     """Encode a query with a trained model and transfer the reference's labels.
+
+    The model-level form of :func:`ingest`: it also returns the model used, extended
+    when the query brings new categories (to decode the query's expression, or to map
+    more cells of the same batches).
 
     Parameters
     ----------
@@ -432,6 +451,165 @@ def map_query(
         accuracy against the query's labels).
     """
     query = query.copy()
+    used, record = _map_into(
+        query,
+        model,
+        reference=reference,
+        label_key=label_key,
+        batch_key=batch_key,
+        layer=layer,
+        n_neighbors=n_neighbors,
+        epochs=epochs,
+        seed=seed,
+        source=source,
+        key_added=LATENT_KEY,
+        label_key_added=TRANSFERRED_KEY,
+    )
+    return query, used, record
+
+
+def ingest(
+    adata: ad.AnnData,
+    model: SCVAE,
+    *,
+    reference: ad.AnnData | None = None,
+    label_key: str = "label",
+    batch_key: str | None = None,
+    layer: str | None = "counts",
+    n_neighbors: int = 15,
+    epochs: int = 100,
+    seed: int = 0,
+    key_added: str = LATENT_KEY,
+    label_key_added: str = TRANSFERRED_KEY,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Map new cells into a trained model's latent space and transfer a reference's labels.
+
+    What :func:`scanpy.tl.ingest` does with a PCA and a UMAP, with the model's encoder:
+    genes are matched by name, new batches get their parameters fitted with every
+    reference weight frozen (see the module docstring), and each cell takes the
+    majority label of its ``n_neighbors`` nearest reference cells
+    (:func:`transfer_labels`).
+
+    Parameters
+    ----------
+    adata
+        The query's cells, with raw counts (``layers[layer]`` or ``X``) and gene names.
+    model
+        The trained model; left unchanged.
+    reference
+        The reference cells, with their codes in ``obsm[key_added]`` and their labels
+        in ``obs[label_key]``; None: no label transfer.
+    label_key
+        obs column of the labels, in the reference (transferred) and in ``adata``
+        (when present, the accuracy of the transfer is recorded).
+    batch_key
+        obs column of ``adata`` holding the batch, when it is not named as the model's
+        batch column (copied under the model's name).
+    layer
+        Layer of the counts.
+    n_neighbors
+        Reference neighbours per cell in the label transfer.
+    epochs
+        Epochs of fitting the new batches' parameters (when there are any).
+    seed
+        Seed of that fit.
+    key_added
+        obsm key of the codes, in ``adata`` and in ``reference``.
+    label_key_added
+        obs key of the transferred labels.
+    copy
+        Return a mapped copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    anndata.AnnData or None
+        The copy when ``copy=True``, else None. Written: ``obsm[key_added]`` (the
+        posterior means) and ``obsm[f"{key_added}_scale"]`` (the posterior standard
+        deviations); with a reference, ``obs[label_key_added]`` (categorical) and
+        ``obs[f"{label_key_added}_uncertainty"]`` (1 minus the share of the neighbours
+        that agree); ``obs[model.batch_key]`` when ``batch_key`` names another
+        column; ``uns["scvae"]["map"]``, the record: cells, genes missing, new
+        categories, mean uncertainty and accuracy.
+
+    Notes
+    -----
+    When the query brings new batches the model is extended by them for the mapping,
+    and that extended model is not kept: :func:`map_query` returns it.
+    """
+    adata = adata.copy() if copy else adata
+    used, record = _map_into(
+        adata,
+        model,
+        reference=reference,
+        label_key=label_key,
+        batch_key=batch_key,
+        layer=layer,
+        n_neighbors=n_neighbors,
+        epochs=epochs,
+        seed=seed,
+        source="query",
+        key_added=key_added,
+        label_key_added=label_key_added,
+    )
+    adata.uns.setdefault("scvae", {})["map"] = uns_record(record)
+    if used is not model:
+        log.warning(
+            "the query brought new categories %s; the model extended by them is not kept "
+            "(scvae.mapping.map_query returns it)",
+            record["new_categories"],
+        )
+    log.info(
+        "ingest: added obsm[%r], obsm[%r]%s, uns['scvae']['map']",
+        key_added,
+        f"{key_added}_scale",
+        f", obs[{label_key_added!r}], obs['{label_key_added}_uncertainty']"
+        if reference is not None
+        else "",
+    )
+    return adata if copy else None
+
+
+def uns_record(record: Mapping) -> dict:
+    """The record of a mapping as ``uns["scvae"]["map"]`` holds it (h5ad-safe).
+
+    Parameters
+    ----------
+    record
+        What :func:`map_query` returned as its record.
+
+    Returns
+    -------
+    dict
+        Its entries but those of :data:`JSON_ONLY`, as plain values.
+    """
+    # Per-label accuracy stays in the JSON: a label may hold "/", which h5ad keys cannot.
+    return jsonable({k: v for k, v in record.items() if k not in JSON_ONLY})
+
+
+def _map_into(
+    query: ad.AnnData,
+    model: SCVAE,
+    *,
+    reference: ad.AnnData | None,
+    label_key: str,
+    batch_key: str | None,
+    layer: str | None,
+    n_neighbors: int,
+    epochs: int,
+    seed: int,
+    source: str,
+    key_added: str,
+    label_key_added: str,
+) -> tuple[SCVAE, dict]:
+    """Map ``query`` in place (see :func:`ingest`); the model used and the record."""
+    if reference is not None and (
+        label_key not in reference.obs.columns or key_added not in reference.obsm
+    ):
+        raise InputError(
+            f"the reference needs its codes in obsm[{key_added!r}] and labels in "
+            f"obs[{label_key!r}] (a latent.h5ad of the run)"
+        )
     if batch_key is not None and model.batch_key is not None and batch_key != model.batch_key:
         if batch_key not in query.obs.columns:
             raise InputError(f"{source}: no obs column {batch_key!r} (batch_key)")
@@ -459,19 +637,14 @@ def map_query(
     aligned = ad.AnnData(X, obs=query.obs.copy(), var=pd.DataFrame(index=used.var_names))
     aligned.layers["counts"] = X
     loc, scale = used.get_latent(aligned, return_scale=True)
-    query.obsm["X_scvae"] = loc
-    query.obsm["X_scvae_scale"] = scale
+    query.obsm[key_added] = loc
+    query.obsm[f"{key_added}_scale"] = scale
     if reference is not None:
-        if label_key not in reference.obs.columns or "X_scvae" not in reference.obsm:
-            raise InputError(
-                f"the reference needs its codes in obsm['X_scvae'] and labels in obs[{label_key!r}]"
-                " (a latent.h5ad of the run)"
-            )
         pred, uncertainty = transfer_labels(
-            reference.obsm["X_scvae"], reference.obs[label_key], loc, n_neighbors=n_neighbors
+            reference.obsm[key_added], reference.obs[label_key], loc, n_neighbors=n_neighbors
         )
-        query.obs["scvae_label"] = pd.Categorical(pred)
-        query.obs["scvae_label_uncertainty"] = uncertainty
+        query.obs[label_key_added] = pd.Categorical(pred)
+        query.obs[f"{label_key_added}_uncertainty"] = uncertainty
         record["mean_uncertainty"] = float(uncertainty.mean())
         if label_key in query.obs.columns:
             truth = query.obs[label_key].astype(str).to_numpy()
@@ -479,7 +652,7 @@ def map_query(
             per = pd.Series(truth == pred).groupby(truth).mean()
             record["accuracy_per_label"] = {str(k): float(v) for k, v in per.items()}
             log.info("%s: label transfer accuracy %.3f", source, record["accuracy"])
-    return query, used, record
+    return used, record
 
 
 def joint_embedding(
@@ -491,7 +664,6 @@ def joint_embedding(
     reference's labels and the query's transferred ones (``scvae_label``);
     ``obs["true_label"]`` the query's own labels where it has them.
     """
-    import scanpy as sc
 
     def part(adata: ad.AnnData, name: str, label: str | None) -> ad.AnnData:
         obs = pd.DataFrame(index=[f"{name}:{c}" for c in adata.obs_names])
@@ -512,103 +684,3 @@ def joint_embedding(
     sc.pp.neighbors(joint, use_rep="X_scvae", n_neighbors=15, random_state=seed)
     sc.tl.umap(joint, random_state=seed)
     return joint
-
-
-def run_map(
-    model_path: str | os.PathLike,
-    reference_h5ad: str | os.PathLike,
-    query_path: str | os.PathLike,
-    output_h5ad: str | os.PathLike,
-    joint_h5ad: str | os.PathLike,
-    record_json: str | os.PathLike,
-    *,
-    model_out: str | os.PathLike | None = None,
-    umap_plot: str | os.PathLike | None = None,
-    format: str | None = None,
-    layer: str | None = None,
-    label_key: str | None = None,
-    batch_key: str | None = None,
-    transpose: bool = False,
-    n_neighbors: int = 15,
-    epochs: int = 100,
-    seed: int = 0,
-) -> dict:
-    """The ``map`` stage: read a model, its reference latent and a query; write the mapping.
-
-    Parameters
-    ----------
-    model_path
-        The trained ``model.pt``.
-    reference_h5ad
-        The reference run's ``latent.h5ad`` (codes in ``obsm["X_scvae"]``, labels in
-        ``obs["label"]``).
-    query_path
-        The query's counts, any format :func:`scvae.data.readers.read_counts` reads.
-    output_h5ad
-        The query with its codes and transferred labels.
-    joint_h5ad
-        Codes and UMAP of reference and query together (:func:`joint_embedding`).
-    record_json
-        What was done and the accuracy (:func:`map_query`'s record).
-    model_out
-        Where to write the model used (extended when the query brought new categories).
-    umap_plot
-        PNG of the joint UMAP (:func:`scvae.plotting.mapping.plot_joint_umap`).
-    format, layer, label_key, transpose
-        Reading the query (:func:`scvae.data.readers.read_counts`); the labels, when
-        given, measure the transfer.
-    batch_key, n_neighbors, epochs, seed
-        As :func:`map_query`.
-
-    Returns
-    -------
-    dict
-        The record written to ``record_json``.
-    """
-    from scvae.data.h5ad import read_h5ad, write_h5ad
-    from scvae.data.readers import read_counts
-
-    model = SCVAE.load(model_path)
-    # The run file: cells, labels and the latent; its counts are not needed.
-    reference = read_h5ad(reference_h5ad)
-    query = read_counts(
-        query_path, format=format, label_key=label_key, layer=layer, transpose=transpose
-    )
-    has_labels = "label" in reference.obs.columns
-    mapped, used, record = map_query(
-        model,
-        query,
-        reference=reference if has_labels else None,
-        batch_key=batch_key,
-        n_neighbors=n_neighbors,
-        epochs=epochs,
-        seed=seed,
-        source=str(query_path),
-    )
-    if not has_labels:
-        log.warning("%s has no labels (obs['label']): no label transfer", reference_h5ad)
-    record = {
-        "model": str(model_path),
-        "reference": str(reference_h5ad),
-        "query": str(query_path),
-        "n_neighbors": n_neighbors,
-        "epochs": epochs if record["new_categories"] else 0,
-        "seed": seed,
-        **record,
-    }
-    mapped.uns.setdefault("scvae", {})["map"] = jsonable(
-        # Per-label accuracy stays in the JSON: a label may hold "/", which h5ad keys cannot.
-        {k: v for k, v in record.items() if k not in _JSON_ONLY}
-    )
-    joint = joint_embedding(reference, mapped, seed=seed)
-    if model_out is not None:
-        used.save(model_out)
-    write_h5ad(mapped, output_h5ad)
-    write_h5ad(joint, joint_h5ad)
-    write_json(record, record_json)
-    if umap_plot is not None:
-        from scvae.plotting.mapping import plot_joint_umap
-
-        plot_joint_umap(joint, umap_plot, title=Path(query_path).name)
-    log.info("wrote %s, %s and %s", output_h5ad, joint_h5ad, record_json)
-    return record

@@ -243,7 +243,8 @@ def score(
     rng: np.random.Generator | int = 0,
     knn_k: int = 15,
     kmeans_fits: int = 5,
-) -> dict[str, float]:
+    copy: bool = False,
+) -> dict[str, float] | ad.AnnData:
     """Score an embedding and its clusterings; store and return the metrics.
 
     With labels in ``obs[label_key]`` (at least two distinct; cells with a missing
@@ -287,13 +288,21 @@ def score(
     kmeans_fits
         KMeans fits whose scores are averaged (``n_repeats`` of
         :func:`metrics.kmeans_ari_nmi`).
+    copy
+        Score a copy of ``adata`` and return it instead of the metrics.
 
     Returns
     -------
-    dict
-        Flat ``{metric name: number}``; ``nan`` where a metric is undefined. Also
-        stored in ``uns["scvae"]["cluster"]["metrics"]``.
+    dict or AnnData
+        The metrics, flat ``{metric name: number}`` with ``nan`` where a metric is
+        undefined; with ``copy=True`` the scored copy instead. Written (in place or to
+        the copy): ``uns["scvae"]["cluster"]["metrics"]`` (the metrics) and
+        ``uns["scvae"]["cluster"]["score_params"]`` (the settings, the clusterings
+        scored, the number of labelled cells and of labels). The metrics belong to
+        the clustering recorded beside them, so their place is fixed (no
+        ``key_added``); a new :func:`scvae.clustering.cluster` drops them.
     """
+    adata = adata.copy() if copy else adata
     X = checked_embedding(adata, use_rep)
     columns = _cluster_columns(adata, cluster_keys)
     labelled = _labels(adata, label_key)
@@ -323,7 +332,7 @@ def score(
         "score: %s; stored in uns['scvae']['cluster']['metrics']",
         ", ".join(f"{k}={v:.4g}" for k, v in out.items()),
     )
-    return out
+    return adata if copy else out
 
 
 def _clustering_scores(

@@ -13,7 +13,7 @@ from scipy import sparse
 
 import scvae
 from scvae.data.ondisk import H5CSR, take_rows
-from scvae.diagnostics.run import diagnose
+from scvae.diagnostics.suite import diagnose
 
 FAST = {"n_latent": 3, "n_hidden": 16, "batch_size": 32, "threads": 1}
 
@@ -45,9 +45,9 @@ def test_training_latent_and_diagnostics_from_a_backed_file(h5_counts):
 
 def test_workflow_stages_keep_large_files_on_disk(h5_counts, tmp_path, monkeypatch):
     from scvae.data.h5ad import read_h5ad
-    from scvae.data.runs import read_run, write_run
-    from scvae.diagnostics.run import run_diagnose
-    from scvae.training.run import run_train
+    from scvae.data.runfiles import read_run, write_run
+    from scvae.stages.diagnose import run_diagnose
+    from scvae.stages.train import run_train
 
     path, a = h5_counts
     monkeypatch.setenv("SCVAE_BACKED_MIN_GB", "0")  # every file counts as large

@@ -5,22 +5,20 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import yaml
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from scvae import baseline
 from scvae.baseline_names import HARMONY_N_COMPONENTS
 from scvae.errors import InputError
+from scvae.stages.baseline import run_baseline
 
-ROOT = Path(__file__).resolve().parents[1]
 N_CELLS = 600  # cells of the pbmc_counts fixture
 HAS_SCVI = importlib.util.find_spec("scvi") is not None
 
@@ -87,7 +85,7 @@ def test_unavailable_scvi_baseline_is_written_without_an_embedding(
     small.obsm["X_scvae"] = np.zeros((50, 2))  # stale model output must not survive
     small.write_h5ad(src)
     base = tmp_path / "scvi.h5ad"
-    rec = baseline.run_baseline(src, base, method="scvi", max_epochs=25)
+    rec = run_baseline(src, base, method="scvi", max_epochs=25)
     assert rec["status"] == "unavailable"
     assert rec["max_epochs"] == 25  # what was asked for, as the comparison's epochs
     assert "n_components" not in rec  # scvi-tools' default size is unknown without it
@@ -98,9 +96,7 @@ def test_unavailable_scvi_baseline_is_written_without_an_embedding(
 
 def test_unknown_baseline_method(tmp_path):
     with pytest.raises(InputError, match="unknown baseline"):
-        baseline.run_baseline(
-            tmp_path / "x.h5ad", tmp_path / "y.h5ad", method="umap", n_components=2
-        )
+        run_baseline(tmp_path / "x.h5ad", tmp_path / "y.h5ad", method="umap", n_components=2)
 
 
 def test_too_few_cells_for_pca_name_the_file(tmp_path):
@@ -110,7 +106,7 @@ def test_too_few_cells_for_pca_name_the_file(tmp_path):
     path = tmp_path / "latent.h5ad"
     tiny.write_h5ad(path)
     with pytest.raises(InputError, match=rf"^{path}: n_components must be in \[1, 2\]"):
-        baseline.run_baseline(path, tmp_path / "pca.h5ad", method="pca", n_components=6)
+        run_baseline(path, tmp_path / "pca.h5ad", method="pca", n_components=6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latent.h5ad"]
 
 
@@ -180,7 +176,7 @@ def test_harmony_is_seeded(cellbench_hvg):
 def test_harmony_baseline_corrects_the_batch_and_the_covariates(cellbench_hvg, tmp_path):
     src, out = tmp_path / "preprocessed.h5ad", tmp_path / "harmony.h5ad"
     cellbench_hvg.write_h5ad(src)
-    rec = baseline.run_baseline(src, out, method="harmony", n_components=20, seed=1)
+    rec = run_baseline(src, out, method="harmony", n_components=20, seed=1)
     assert rec["status"] == "ok"
     assert rec["batch_keys"] == ["batch", "technology"]
     assert rec["n_components"] == 20
@@ -199,7 +195,7 @@ def test_harmony_on_data_without_batches_is_an_error_naming_the_file(pbmc_counts
     src = tmp_path / "preprocessed.h5ad"
     pbmc_counts.write_h5ad(src)
     with pytest.raises(InputError, match=rf"^{src}: Harmony needs batches"):
-        baseline.run_baseline(src, tmp_path / "harmony.h5ad", method="harmony")
+        run_baseline(src, tmp_path / "harmony.h5ad", method="harmony")
     assert not (tmp_path / "harmony.h5ad").exists()
 
 
@@ -221,7 +217,7 @@ def test_unavailable_harmony_is_written_without_an_embedding(small_counts, tmp_p
     monkeypatch.setitem(sys.modules, "harmonypy", None)
     src = tmp_path / "pre.h5ad"
     _with_batches(small_counts, np.repeat(["a", "b"], 30)).write_h5ad(src)
-    rec = baseline.run_baseline(src, tmp_path / "h.h5ad", method="harmony", n_components=5)
+    rec = run_baseline(src, tmp_path / "h.h5ad", method="harmony", n_components=5)
     assert rec["status"] == "unavailable"
     assert "harmonypy" in rec["unavailable"]
     assert "X_scvae" not in ad.read_h5ad(tmp_path / "h.h5ad").obsm
@@ -303,7 +299,7 @@ def test_scvi_gets_its_own_defaults_and_the_batch_and_covariates(small_counts, m
 def test_scvi_baseline_records_the_settings_it_ran_with(small_counts, tmp_path):
     src, out = tmp_path / "pre.h5ad", tmp_path / "scvi_e2.h5ad"
     _with_batches(small_counts, np.repeat(["a", "b"], 30)).write_h5ad(src)
-    rec = baseline.run_baseline(src, out, method="scvi", max_epochs=2, seed=0)
+    rec = run_baseline(src, out, method="scvi", max_epochs=2, seed=0)
     assert rec["status"] == "ok"
     assert rec["gene_likelihood"] == "zinb"
     assert rec["n_latent"] == rec["n_components"] == 10
@@ -319,12 +315,6 @@ def test_scvi_baseline_records_the_settings_it_ran_with(small_counts, tmp_path):
 def test_scvi_baseline_runs_scvi_tools_epochs_rule(small_counts, tmp_path):
     src, out = tmp_path / "pre.h5ad", tmp_path / "scvi.h5ad"
     small_counts.write_h5ad(src)
-    rec = baseline.run_baseline(src, out, method="scvi", seed=0)
+    rec = run_baseline(src, out, method="scvi", seed=0)
     assert rec["max_epochs"] == 400  # min(400, 20000 * 400 / 60 cells)
     assert "batch_key" not in rec
-
-
-def test_harmony_default_is_the_schema_default():
-    schema = yaml.safe_load((ROOT / "config" / "config.schema.yaml").read_text())
-    props = schema["properties"]["baselines"]["properties"]
-    assert props["harmony_pcs"]["default"] == HARMONY_N_COMPONENTS

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import re
 import shutil
@@ -25,6 +24,7 @@ from scvae.baseline_names import (
     parse_baseline_name,
     scvi_default_epochs,
 )
+from scvae.config import config_with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_SCVI = importlib.util.find_spec("scvi") is not None
@@ -36,10 +36,9 @@ def schema() -> dict:
 
 
 @pytest.fixture
-def baselines(schema) -> dict:
+def baselines() -> dict:
     """The ``baselines`` section as the workflow sees it with nothing set: the defaults."""
-    props = schema["properties"]["baselines"]["properties"]
-    return {k: copy.deepcopy(v["default"]) for k, v in props.items()}
+    return config_with_defaults({})["baselines"]
 
 
 @pytest.mark.parametrize(
@@ -168,7 +167,7 @@ def test_run_time_estimates():
 def test_schema_checks_the_baseline_keys(schema, key, value, message):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     jsonschema.Draft202012Validator(schema).validate(config)
-    config["baselines"][key] = value
+    config.setdefault("baselines", {})[key] = value
     with pytest.raises(jsonschema.ValidationError, match=re.escape(message)):
         jsonschema.Draft202012Validator(schema).validate(config)
 

@@ -10,6 +10,7 @@ import pytest
 
 from scvae import compare
 from scvae.errors import InputError
+from scvae.stages.compare import run_compare
 
 
 def _metrics(ari: float, nmi: float, **extra) -> dict:
@@ -165,7 +166,7 @@ def test_kl_per_dim_sorted_and_averaged(records):
 
 def test_run_compare_writes_tsvs(records, tmp_path):
     out, out_sum = tmp_path / "runs.tsv", tmp_path / "summary.tsv"
-    runs, summary = compare.run_compare("toy", records, out, out_sum)
+    runs, summary = run_compare("toy", records, out, out_sum)
     back = pd.read_csv(out, sep="\t")
     assert list(back.columns) == compare.COLUMNS + compare.EXTRA_COLUMNS
     assert len(back) == len(runs) == 7
@@ -174,7 +175,7 @@ def test_run_compare_writes_tsvs(records, tmp_path):
     back_sum = pd.read_csv(out_sum, sep="\t")
     assert list(back_sum["variant"]) == list(summary["variant"])
     with pytest.raises(InputError):
-        compare.run_compare("toy", [], out, out_sum)
+        run_compare("toy", [], out, out_sum)
 
 
 def test_make_records_zips_and_checks_lengths():
@@ -232,7 +233,7 @@ def test_run_compare_from_run_dirs_with_figures_and_notes(tmp_path):
     assert rec["diagnostics"] is None and rec["history"] is not None
 
     figs = tmp_path / "figures"
-    runs, summary = compare.run_compare(
+    runs, summary = run_compare(
         "toy", dirs, tmp_path / "c.tsv", tmp_path / "s.tsv", figure_dir=figs, notes=["scvi skipped"]
     )
     assert list(runs["seed"]) == [0, 1, 0]
@@ -295,7 +296,7 @@ def test_compare_carries_and_ranks_by_scib_metrics(tmp_path):
         dirs.append(str(d))
 
     figs = tmp_path / "figures"
-    runs, summary = compare.run_compare(
+    runs, summary = run_compare(
         "plates", dirs, tmp_path / "c.tsv", tmp_path / "s.tsv", figure_dir=figs
     )
     scib_columns = [
@@ -337,5 +338,5 @@ def test_scib_ranking_is_per_dataset(records):
 
 def test_no_scib_table_without_batches(records, tmp_path):
     figs = tmp_path / "figures"
-    compare.run_compare("toy", records, tmp_path / "c.tsv", tmp_path / "s.tsv", figure_dir=figs)
+    run_compare("toy", records, tmp_path / "c.tsv", tmp_path / "s.tsv", figure_dir=figs)
     assert not (figs / f"{compare.SCIB_FIGURE}.png").exists()

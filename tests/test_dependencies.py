@@ -27,12 +27,31 @@ def _project() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
+def _extra(name: str) -> list[Requirement]:
+    """The requirements an extra lists, self-references (``scvae[...]``) included."""
+    return [Requirement(line) for line in _project()["optional-dependencies"][name]]
+
+
 def _requirements(*extras: str) -> list[Requirement]:
+    """What ``pip install scvae[extras]`` asks for, self-references followed."""
     project = _project()
-    lines = list(project["dependencies"])
-    for extra in extras:
-        lines += project["optional-dependencies"][extra]
-    return [Requirement(line) for line in lines]
+    found = [Requirement(line) for line in project["dependencies"]]
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for req in _extra(extra):
+            if canonicalize_name(req.name) == canonicalize_name(project["name"]):
+                todo += sorted(req.extras)
+            else:
+                found.append(req)
+    return found
+
+
+def _names(reqs: list[Requirement]) -> set[str]:
+    return {canonicalize_name(r.name) for r in reqs}
 
 
 def _pins(lines: list[str]) -> dict[str, Version]:
@@ -61,7 +80,7 @@ def _install_lines(text: str) -> list[str]:
 
 
 def test_pyproject_declares_ranges_not_pins():
-    for req in _requirements("test", "scvi"):
+    for req in _requirements(*_project()["optional-dependencies"]):
         operators = {spec.operator for spec in req.specifier}
         assert operators & {">=", "~="}, f"{req}: no lower bound"
         assert not operators & {"==", "==="}, f"{req}: a pin; exact versions go in constraints.txt"
@@ -87,8 +106,51 @@ def test_conda_env_installs_the_constraints_without_the_test_extra(constraints):
     assert "python=3.11" in env["dependencies"]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert _pins(pip) == {k: v for k, v in constraints.items() if k not in TEST_ONLY}
-    runtime = {canonicalize_name(r.name) for r in _requirements()}
-    assert not runtime & TEST_ONLY
+    # Everything the workflow runs (on SLURM too) is in the env.
+    assert not _names(_requirements("workflow", "slurm")) & TEST_ONLY
+
+
+def test_the_core_has_no_workflow_engine_and_no_jax():
+    # A library user gets the model, not Snakemake, its plugins or scib-metrics' JAX.
+    core = _names(_requirements())
+    for extra in ("workflow", "slurm", "integration"):
+        assert not core & _names(_extra(extra)), f"the core lists a package of [{extra}]"
+    assert {"snakemake", "scib-metrics", "harmonypy", "jsonschema"}.isdisjoint(core)
+
+
+def test_extras_refer_only_to_extras_that_exist():
+    project = _project()
+    extras = set(project["optional-dependencies"])
+    for name in extras:
+        for req in _extra(name):
+            if canonicalize_name(req.name) == canonicalize_name(project["name"]):
+                assert req.extras <= extras, f"[{name}] refers to {req.extras - extras}"
+                assert not req.specifier, f"[{name}]: {req} pins scvae itself"
+
+
+def test_the_test_extra_brings_every_extra_but_scvi():
+    # CI installs `.[test]` and runs the workflow, SLURM included; scVI is optional there
+    # (its tests skip without it).
+    test = _names(_requirements("test"))
+    for extra in set(_project()["optional-dependencies"]) - {"test", "scvi"}:
+        assert _names(_requirements(extra)) <= test, f"[test] lacks part of [{extra}]"
+    (line,) = _install_lines((ROOT / ".ci" / "run").read_text())
+    assert "test" in _installed_extras(line), f".ci/run: {line.strip()!r} is not `.[test]`"
+
+
+def _installed_extras(line: str) -> set[str]:
+    """The extras of ``pip install -e '.[a,b]'`` in a command line (empty for ``-e .``)."""
+    m = re.search(r"-e\s+'?\.(?:\[([^\]]*)\])?'?(?:\s|$)", line)
+    assert m, f"no `-e .` in {line!r}"
+    return {e.strip() for e in (m.group(1) or "").split(",") if e.strip()}
+
+
+def test_the_quick_start_installs_what_the_default_workflow_runs():
+    (line,) = [ln for ln in _install_lines((ROOT / "README.md").read_text()) if "snakemake" in ln]
+    extras = _installed_extras(line)
+    assert _names(_requirements("workflow")) <= _names(_requirements(*extras)), (
+        f"README.md: the Quick start installs {extras or 'no extra'}, not the workflow's"
+    )
 
 
 @pytest.mark.parametrize("path", ["README.md", ".ci/run"])

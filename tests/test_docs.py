@@ -2,7 +2,8 @@
 
 The README stays short and its commands are the ones CI runs; every relative link
 resolves; every key of the config schema is described in config/README.md with the
-schema's default; every figure and table marked for the Snakemake report has a caption.
+package's default (the schema states none); every figure and table marked for the
+Snakemake report has a caption.
 """
 
 from __future__ import annotations
@@ -88,15 +89,24 @@ def config_readme_rows() -> tuple[dict[str, str], dict[str, str]]:
     return settings, other
 
 
-def _check_default(key: str, cell: str, node: dict) -> None:
-    if "default" not in node:
+def package_defaults() -> tuple[dict, dict]:
+    """The config's defaults, read from the package: ``(settings, every other key)``."""
+    from scvae.atlas.grid import ATLAS_DEFAULTS
+    from scvae.config import config_defaults
+    from scvae.training.settings import default_settings
+
+    return default_settings(), {**config_defaults(), **ATLAS_DEFAULTS}
+
+
+def _check_default(key: str, cell: str, defaults: dict) -> None:
+    if key not in defaults:
         return
     assert cell.startswith("`") and cell.endswith("`"), (
-        f"config/README.md: the default of `{key}` should be the schema's, "
-        f"{node['default']!r}, in backticks; got {cell!r}"
+        f"config/README.md: the default of `{key}` should be the package's, "
+        f"{defaults[key]!r}, in backticks; got {cell!r}"
     )
-    assert yaml.safe_load(cell.strip("`")) == node["default"], (
-        f"config/README.md: `{key}` defaults to {cell}, the schema to {node['default']!r}"
+    assert yaml.safe_load(cell.strip("`")) == defaults[key], (
+        f"config/README.md: `{key}` defaults to {cell}, the package to {defaults[key]!r}"
     )
 
 
@@ -150,13 +160,14 @@ def test_readme_test_command_is_what_ci_runs():
 def test_every_config_key_is_documented():
     schema = yaml.safe_load(SCHEMA.read_text())
     settings_rows, other_rows = config_readme_rows()
+    settings_defaults, other_defaults = package_defaults()
     settings = schema["$defs"]["settings"]["properties"]
     missing = sorted(set(settings) - set(settings_rows))
     assert not missing, f"config/README.md: settings without a row: {missing}"
     extra = sorted(set(settings_rows) - set(settings))
     assert not extra, f"config/README.md: rows for settings the schema lacks: {extra}"
-    for key, node in settings.items():
-        _check_default(key, settings_rows[key], node)
+    for key in settings:
+        _check_default(key, settings_rows[key], settings_defaults)
 
     paths = schema_paths(schema)
     # A key with keys of its own is documented by their rows; every other needs a row.
@@ -171,8 +182,10 @@ def test_every_config_key_is_documented():
     unknown = sorted(k for k in other_rows if k.removesuffix(".<name>") not in paths)
     assert not unknown, f"config/README.md: rows for keys the schema lacks: {unknown}"
     for key, cell in other_rows.items():
-        if key in paths:
-            _check_default(key, cell, paths[key])
+        _check_default(key, cell, other_defaults)
+    # Every default the package gives a key is on the page.
+    missing = sorted(set(other_defaults) - set(other_rows) - {"variants", "with_batches", "query"})
+    assert not missing, f"config/README.md: defaults without a row: {missing}"
 
 
 def test_every_report_item_has_a_caption():
@@ -187,3 +200,39 @@ def test_every_report_item_has_a_caption():
     captions = {p.resolve() for p in REPORT.glob("*.rst")} - {(REPORT / "workflow.rst").resolve()}
     unused = sorted(p.name for p in captions - used)
     assert not unused, f"workflow/report: captions no report() uses: {unused}"
+
+
+def readme_python_example() -> str:
+    """The code block of the README's "Python API" section."""
+    text = README.read_text()
+    section = text[text.index("## Python API") :]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "the README's Python API section has no python block"
+    return match.group(1)
+
+
+def test_the_readme_python_example_is_short_and_uses_the_default_preset():
+    code = readme_python_example()
+    lines = [line for line in code.splitlines() if line.strip()]
+    assert len(lines) <= 10, code
+    imports = [line for line in lines if re.match(r"\s*(import|from)\s", line)]
+    assert imports == ["import scvae"], imports
+    # The model the example trains is the one this project recommends: no preset named.
+    assert "scvae.SCVAE(adata" in code and "preset=" not in code
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs_and_trains_recommended(tmp_path, monkeypatch):
+    # Run as a reader would, from a folder with the repository's bundled data.
+    (tmp_path / "resources").symlink_to(ROOT / "resources")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_python_example(), str(README), "exec"), namespace)
+    model, adata = namespace["model"], namespace["adata"]
+    assert model.is_trained and model.preset == "recommended" and model.batch_key == "condition"
+    assert model.module.config.n_latent == 10  # recommended's batch-aware form
+    assert "scvae_leiden" in adata.obs and "X_umap" in adata.obsm
+    assert (tmp_path / "markers.png").read_bytes()[:4] == b"\x89PNG"
+    names = adata.uns["rank_genes_groups"]["names"]
+    top = {str(g) for group in names.dtype.names for g in names[group][:10]}
+    assert {"CD14", "LYZ", "MS4A1", "NKG7"} <= top, sorted(top)

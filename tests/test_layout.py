@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -36,10 +37,21 @@ def _resolve(target: str, modules: dict[str, Path]) -> str | None:
 def _imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, str | None]]:
     """(module imported, name imported from it) for every import of the package in ``path``.
 
-    Imports inside functions count: a deferred import is still a dependency.
+    Imports inside functions count: a deferred import is still a dependency. Imports
+    under ``if TYPE_CHECKING:`` do not: they name a type for annotations and never run.
     """
+    tree = ast.parse(path.read_text())
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("scvae"):
@@ -135,6 +147,134 @@ def test_only_the_atlas_and_the_cli_import_the_atlas():
     assert offenders == []
 
 
+# The core's layers, from the bottom up: each imports only itself, the layers below it
+# and the shared helpers; nothing above (the model, the diagnostics, the stages, mapping,
+# clustering, the comparison, the atlas) climbs back into them.
+CORE_LAYERS = ("scvae.data", "scvae.module", "scvae.training")
+SHARED = ("scvae.utils", "scvae.errors")
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _climbing(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a core layer into anything but itself, a lower layer or the helpers."""
+    found = []
+    for i, layer in enumerate(CORE_LAYERS):
+        allowed = (*CORE_LAYERS[: i + 1], *SHARED)
+        for name in sorted(n for n in graph if _within(n, layer)):
+            found += [
+                f"{name} -> {target}"
+                for target in sorted(graph[name])
+                if not any(_within(target, a) for a in allowed)
+            ]
+    return found
+
+
+def test_the_core_layers_never_import_upwards():
+    # Function-level imports count (see _imports): deferring one does not remove it.
+    assert _climbing(_graph()) == []
+
+
+def test_the_layer_guard_sees_a_climbing_import():
+    graph = {
+        "scvae.training.aggressive": {"scvae.diagnostics.mi", "scvae.module.vae"},
+        "scvae.module.vae": {"scvae.training.objective", "scvae.utils.lazy"},
+        "scvae.data.loaders": {"scvae.data.ondisk", "scvae.clustering"},
+        "scvae.diagnostics.suite": {"scvae.model"},
+    }
+    assert _climbing(graph) == [
+        "scvae.data.loaders -> scvae.clustering",
+        "scvae.module.vae -> scvae.training.objective",
+        "scvae.training.aggressive -> scvae.diagnostics.mi",
+    ]
+
+
+# Where the counts are ("layers['counts'] when present, else X") is decided in one place,
+# scvae.data.loaders (counts_layer and the accessors built on it).
+COUNTS_ACCESSOR = "scvae.data.loaders"
+# Merging samples builds the counts layer from X: a different job from reading it.
+COUNTS_BUILDERS = ("scvae.data.batches",)
+
+
+def _tests_layers(node: ast.AST) -> bool:
+    """Whether ``node`` holds ``... in <obj>.layers`` or ``... not in <obj>.layers``."""
+    return any(
+        isinstance(n, ast.Compare)
+        and any(
+            isinstance(op, ast.In | ast.NotIn)
+            and isinstance(r, ast.Attribute)
+            and r.attr == "layers"
+            for op, r in zip(n.ops, n.comparators, strict=True)
+        )
+        for n in ast.walk(node)
+    )
+
+
+def _mentions_x(node: ast.AST) -> bool:
+    """Whether ``node`` reads ``<obj>.X`` or names X in a string ("X", "AnnData X")."""
+    return any(
+        (isinstance(n, ast.Attribute) and n.attr == "X")
+        or (
+            isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and bool(re.search(r"\bX\b", n.value))
+        )
+        for n in ast.walk(node)
+    )
+
+
+def _counts_choices(source: str) -> list[str]:
+    """The "a layer if present, else X" choices spelled in ``source``, as source text.
+
+    A conditional expression testing membership in ``.layers`` that involves X or yields
+    None (a layer name or None, meaning X), or a boolean expression testing it together
+    with ``.X``.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.IfExp) and _tests_layers(node.test):
+            to_none = any(
+                isinstance(b, ast.Constant) and b.value is None for b in (node.body, node.orelse)
+            )
+            if to_none or _mentions_x(node):
+                found.append(ast.unparse(node))
+        elif isinstance(node, ast.BoolOp) and _tests_layers(node) and _mentions_x(node):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_the_counts_layer_else_x_is_decided_only_by_the_accessor():
+    offenders = [
+        f"{name}: {choice}"
+        for name, path in _modules().items()
+        if name != COUNTS_ACCESSOR and not name.startswith(COUNTS_BUILDERS)
+        for choice in _counts_choices(path.read_text())
+    ]
+    assert offenders == [], "use scvae.data.loaders: counts_layer, counts_source, counts_data"
+
+
+def test_the_counts_guard_sees_each_spelling_of_the_choice():
+    spelled = [
+        "X = adata.layers['counts'] if 'counts' in adata.layers else adata.X",
+        "where = \"layers['counts']\" if 'counts' in adata.layers else 'X'",
+        "source = f'AnnData layer {layer!r}' if layer in adata.layers else 'AnnData X'",
+        "d = {'layer': 'X' if layer is None or layer not in adata.layers else layer}",
+        "layer = 'counts' if 'counts' in adata.layers else None",
+        "if 'counts' not in adata.layers and adata.X is None:\n    raise ValueError",
+    ]
+    assert all(len(_counts_choices(code)) == 1 for code in spelled)
+    other = [
+        "layers = [DECODED] if DECODED in adata.layers else []",
+        "if layer not in src.layers:\n    raise ValueError(layer)",
+        "X = counts_data(adata, layer)",
+    ]
+    assert not any(_counts_choices(code) for code in other)
+    # The accessor is where the choice lives, so the search must see it there.
+    assert _counts_choices(_modules()[COUNTS_ACCESSOR].read_text())
+
+
 def test_no_package_name_is_shadowed_by_a_submodule():
     # Importing scvae.x.y sets the attribute y of scvae.x to the module, which then hides a
     # lazy name y of scvae.x (the function would turn into a module after first use).
@@ -148,7 +288,12 @@ def test_no_package_name_is_shadowed_by_a_submodule():
         children = {p.stem for p in path.parent.glob("*.py")} | {
             p.name for p in path.parent.iterdir() if (p / "__init__.py").exists()
         }
-        clashes += [f"{name}.{n}" for n in getattr(package, "__all__", []) if n in children]
+        clashes += [
+            f"{name}.{n}"
+            for n in getattr(package, "__all__", [])
+            # A submodule exported as itself (scvae.pp) is no clash: the module is the name.
+            if n in children and getattr(package, n) is not sys.modules.get(f"{name}.{n}")
+        ]
     assert clashes == []
 
 
@@ -164,10 +309,22 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_importing_scvae_loads_neither_torch_pyro_nor_scanpy():
-    loaded = _loaded_after("import scvae, scvae.config, scvae.training.settings")
+    # scvae.config and scvae.resources are what the Snakefile imports; config_defaults
+    # reads the stage functions' signatures from their source, not by importing them.
+    loaded = _loaded_after(
+        "import scvae, scvae.config, scvae.resources, scvae.training.settings\n"
+        "scvae.config.config_defaults()"
+    )
     assert not set(HEAVY) & loaded
     # The names still resolve, loading what they need on first use.
     assert "torch" in _loaded_after("import scvae; scvae.SCVAE")
+
+
+def test_the_scanpy_style_namespaces_are_light_until_used():
+    loaded = _loaded_after("import scvae, scvae.pp, scvae.tl, scvae.pl\nscvae.tl.__all__")
+    assert not (set(HEAVY) | {"matplotlib", "anndata"}) & loaded
+    assert "scanpy" in _loaded_after("import scvae; scvae.tl.cluster")
+    assert "matplotlib" in _loaded_after("import scvae; scvae.pl.qc")
 
 
 def test_cli_help_loads_neither_torch_pyro_nor_scanpy():
@@ -196,3 +353,94 @@ def test_parsing_the_snakefile_loads_neither_torch_pyro_nor_scanpy(config):
     }
     assert "snakemake" in imported  # the timing lines were read
     assert not set(HEAVY) & imported
+
+
+# --- The workflow's rules files -------------------------------------------------------
+RULES = ROOT / "workflow" / "rules"
+SCHEMA = ROOT / "config" / "config.schema.yaml"
+# The files of input functions. Their numbers (defaults, resource arithmetic) live in the
+# package (scvae.config, scvae.resources); the rules files proper set each job's own
+# (threads, the factors of its memory estimate).
+INPUT_FUNCTION_FILES = ("common.smk", "atlas_common.smk")
+MAX_FUNCTION_LINES = 12
+# Options that read a dataset: built only by scvae.config.reader_options.
+READER_FLAGS = ("--format", "--label-key", "--layer", "--transpose", "--batch-key")
+READER_FLAGS += ("--covariates", "--samples")
+
+
+def _smk_functions(text: str) -> list[ast.FunctionDef]:
+    """The top-level functions of a rules file, whatever Snakemake syntax surrounds them."""
+    lines = text.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if line.startswith("def "):
+            end = i + 1
+            while end < len(lines) and (not lines[end].strip() or lines[end][0].isspace()):
+                end += 1
+            node = ast.parse("\n".join(lines[i:end])).body[0]
+            assert isinstance(node, ast.FunctionDef)
+            found.append(node)
+    return found
+
+
+def _smk_offences(text: str) -> list[str]:
+    """Numbers other than 0 and 1, and functions longer than MAX_FUNCTION_LINES."""
+    import io
+    import tokenize
+
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    found = [
+        f"line {t.start[0]}: {t.string}"
+        for t in tokens
+        if t.type == tokenize.NUMBER and t.string not in ("0", "1")
+    ]
+    found += [
+        f"{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for node in _smk_functions(text)
+        if node.end_lineno is not None and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    return found
+
+
+@pytest.mark.parametrize("name", INPUT_FUNCTION_FILES)
+def test_input_function_files_hold_thin_functions_and_no_numbers(name):
+    # Resource estimates are scvae.resources (unit-tested), defaults scvae.config.
+    assert _smk_offences((RULES / name).read_text()) == []
+
+
+def test_the_rules_guard_sees_arithmetic_and_long_functions():
+    text = "rule a:\n    input: x\n\n\ndef runtime(wc, attempt):\n"
+    text += "    s = 8e-9 * attempt\n" + "    s += 1\n" * MAX_FUNCTION_LINES + "    return s\n"
+    text += "\nSMALL = 200\n"
+    assert _smk_offences(text) == [
+        "line 6: 8e-9",
+        "line 21: 200",
+        f"runtime: {MAX_FUNCTION_LINES + 3} lines",
+    ]
+
+
+def test_dataset_reading_options_are_built_in_one_place():
+    offenders = [
+        f"{rules.name}: {flag}"
+        for rules in sorted(RULES.glob("*.smk"))
+        for flag in READER_FLAGS
+        if flag in rules.read_text()
+    ]
+    assert offenders == [], "use scvae.config.reader_options"
+
+
+def test_the_schema_states_no_defaults():
+    # Each default lives in the package (scvae.config.config_defaults, default_settings);
+    # a schema default would be a second copy, which Snakemake's validate() would also
+    # fill into every variant, overriding the variant's preset.
+    import yaml
+
+    def defaults(node, path: str) -> list[str]:
+        if isinstance(node, dict):
+            here = [path] if "default" in node else []
+            return here + [p for k, v in node.items() for p in defaults(v, f"{path}/{k}")]
+        if isinstance(node, list):
+            return [p for i, v in enumerate(node) for p in defaults(v, f"{path}/{i}")]
+        return []
+
+    assert defaults(yaml.safe_load(SCHEMA.read_text()), "") == []

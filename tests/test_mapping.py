@@ -54,7 +54,7 @@ def _conditional_model(**kw) -> SCVAE:
         c = torch.randint(0, 2, (64, 1))
         for _ in range(20):
             module.inference(x, c)
-    return SCVAE(
+    return SCVAE.from_module(
         module.eval(), TrainConfig(), GENES, batch_key="batch", categories={"batch": ["p1", "p2"]}
     )
 

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from scvae.markers import (
     MARKER_COLUMNS,
     log_normalized,
+    marker_cells,
     marker_table,
     plot_marker_dotplot,
     rank_markers,
@@ -51,7 +52,7 @@ def test_log_normalized_matches_scanpy():
 
 def test_each_group_gets_its_planted_gene_first(tmp_path):
     adata = _groups()
-    cells = rank_markers(adata, "cluster", n_genes=5)
+    rank_markers(adata, "cluster", n_genes=5)
     table = marker_table(adata, n_top=3)
     assert list(table.columns) == MARKER_COLUMNS
     top = table[table["rank"] == 1].set_index("group")["gene"].to_dict()
@@ -59,11 +60,20 @@ def test_each_group_gets_its_planted_gene_first(tmp_path):
     first = table[table["rank"] == 1]
     assert (first["logfoldchange"] > 2).all() and (first["pval_adj"] < 1e-6).all()
     assert (first["frac_in_group"] >= first["frac_rest"]).all()
+    # The fractions expressing are kept for the ranked genes only (they were most of a
+    # run's final.h5ad), and they are the fractions of the cells tested.
+    result = adata.uns["rank_genes_groups"]
+    ranked = set(pd.DataFrame(result["names"]).to_numpy().ravel())
+    assert set(result["pts"].index) == ranked == set(result["pts_rest"].index)
+    assert len(ranked) < adata.n_vars
+    in_a = adata.obs["cluster"] == "a"
+    expressed = np.asarray((adata.layers["counts"][in_a.to_numpy()] > 0).mean(0)).ravel()
+    assert result["pts"].loc["g0", "a"] == pytest.approx(expressed[0])
     # Survives an h5ad round trip, and the dot plot draws.
     adata.write_h5ad(tmp_path / "a.h5ad")
     back = marker_table(ad.read_h5ad(tmp_path / "a.h5ad"), n_top=3)
     pd.testing.assert_frame_equal(back, table)
-    plot_marker_dotplot(cells, tmp_path / "dot.png")
+    plot_marker_dotplot(marker_cells(adata), tmp_path / "dot.png")
     assert (tmp_path / "dot.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -81,7 +91,8 @@ def test_groups_of_one_cell_are_left_out_and_one_group_ranks_nothing():
 
 def test_subset_of_cells_for_large_data():
     adata = _groups(n_per=40)
-    cells = rank_markers(adata, "cluster", max_cells=60, seed=1)
+    rank_markers(adata, "cluster", max_cells=60, seed=1)
+    cells = marker_cells(adata)
     assert cells.n_obs == 60 and adata.uns["rank_genes_groups"]["params"]["n_cells"] == 60
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from scipy import sparse
 
+from scvae.data.covariates import covariate_categories, covariate_codes, recorded_covariates
 from scvae.errors import InputError
-from scvae.model import SCVAE, covariate_categories, covariate_codes, recorded_covariates
+from scvae.model import SCVAE
 from scvae.module.config import VAEConfig
 from scvae.module.vae import VAE
 from scvae.training.settings import TrainConfig
@@ -38,7 +39,7 @@ def _model() -> SCVAE:
     cfg = VAEConfig(n_input=8, n_latent=2, n_hidden=8, n_categories=(3, 2), n_batch=3)
     module = VAE(cfg, library_log_mean=[1.0, 2.0, 3.0]).eval()
     names = [f"g{j}" for j in range(8)]
-    return SCVAE(
+    return SCVAE.from_module(
         module,
         TrainConfig(),
         names,
@@ -90,12 +91,12 @@ def test_get_latent_names_unknown_categories_and_missing_columns():
 def test_an_unconditional_model_needs_no_covariates():
     torch.manual_seed(0)
     module = VAE(VAEConfig(n_input=8, n_latent=2, n_hidden=8)).eval()
-    model = SCVAE(module, TrainConfig(), [f"g{j}" for j in range(8)], batch_key="batch")
+    model = SCVAE.from_module(module, TrainConfig(), [f"g{j}" for j in range(8)], batch_key="batch")
     adata = _cells()
     del adata.obs["batch"]
     assert model.get_latent(adata).shape == (30, 2)
     with pytest.raises(ValueError, match="do not match"):
-        SCVAE(module, TrainConfig(), [f"g{j}" for j in range(8)], categories=CATEGORIES)
+        SCVAE.from_module(module, TrainConfig(), [f"g{j}" for j in range(8)], categories=CATEGORIES)
 
 
 def test_recorded_covariates_read_the_preprocessing_record():
@@ -133,6 +134,91 @@ def test_normalized_expression_as_if_every_cell_came_from_one_batch():
     with pytest.raises(InputError, match="a number or 'observed'"):
         model.get_normalized_expression(adata, library_size="median")
     module = VAE(VAEConfig(n_input=8, n_latent=2, n_hidden=8)).eval()
-    plain = SCVAE(module, TrainConfig(), model.var_names)
+    plain = SCVAE.from_module(module, TrainConfig(), model.var_names)
     with pytest.raises(InputError, match="not conditioned on a batch"):
         plain.get_normalized_expression(adata, transform_batch="p1")
+
+
+# --- the model object: setup_anndata, a preset, train(), methods on the data -------------
+
+FAST = {"max_epochs": 2, "n_hidden": 8, "batch_size": 10, "progress": False}
+
+
+def test_setup_anndata_registers_the_fields_and_checks_them():
+    adata = _cells()
+    SCVAE.setup_anndata(adata, batch_key="batch", covariate_keys=["donor"])
+    assert adata.uns["scvae"]["setup"] == {
+        "layer": "counts",
+        "batch_key": "batch",
+        "covariate_keys": ["donor"],
+    }
+    model = SCVAE(adata)
+    assert (model.layer, model.batch_key, model.covariate_keys) == ("counts", "batch", ("donor",))
+    with pytest.raises(InputError, match="no obs column 'plate'"):
+        SCVAE.setup_anndata(adata, batch_key="plate")
+    with pytest.raises(InputError, match="no layer 'raw'"):
+        SCVAE.setup_anndata(adata, layer="raw")
+
+
+def test_a_model_starts_from_recommended_and_its_batch_form():
+    from scvae.presets import preset_settings
+
+    adata = _cells()
+    plain = SCVAE(adata)
+    assert plain.preset == "recommended" and not plain.is_trained
+    assert plain.settings == preset_settings("recommended")
+    batched = SCVAE(adata, batch_key="batch", n_hidden=16)
+    assert batched.settings == {**preset_settings("recommended", batches=True), "n_hidden": 16}
+    assert SCVAE(adata, preset=None).settings == SCVAE(adata, preset="vanilla").settings
+    with pytest.raises(KeyError, match="unknown preset"):
+        SCVAE(adata, preset="recomended")
+    with pytest.raises(ValueError, match="n_latnet"):
+        SCVAE(adata, n_latnet=3)  # a typo fails before any training
+
+
+def test_the_old_constructor_spelling_says_what_to_use():
+    # SCVAE(module, ...) built a trained model before the model object; the documented
+    # ways were scvae.train and SCVAE.load (now also SCVAE.from_module).
+    with pytest.raises(TypeError, match="SCVAE.load"):
+        SCVAE(_model().module)
+    import scvae.training
+
+    with pytest.raises(AttributeError, match="scvae.train"):
+        scvae.training.train  # noqa: B018
+
+
+def test_an_untrained_model_says_to_train_it_first():
+    model = SCVAE(_cells())
+    with pytest.raises(ValueError, match="not trained yet"):
+        model.get_latent()
+
+
+def test_train_fits_the_registered_data_and_methods_default_to_it(tmp_path):
+    adata = _cells(40)
+    SCVAE.setup_anndata(adata, batch_key="batch")
+    model = SCVAE(adata, n_latent=3)
+    with pytest.raises(ValueError, match="model settings"):
+        model.train(n_latent=4)
+    model.train(**{k: v for k, v in FAST.items() if k not in ("n_hidden",)})
+    assert model.is_trained and model.summary["epochs"] == 2
+    assert model.categories == {"batch": ["p1", "p2", "p3"]}
+    z = model.get_latent()
+    assert z.shape == (40, 3)
+    assert model.get_normalized_expression().shape == (40, 8)
+    model.save(tmp_path / "m.pt")
+    loaded = SCVAE.load(tmp_path / "m.pt")
+    assert loaded.preset == "recommended" and loaded.batch_key == "batch"
+    assert loaded.layer == "counts" and loaded.settings["n_latent"] == 3
+    np.testing.assert_array_equal(loaded.get_latent(adata), z)
+    with pytest.raises(ValueError, match="pass an AnnData"):
+        loaded.get_latent()
+    assert "trained, 2 epochs" in repr(loaded)
+
+
+def test_scvae_train_without_arguments_trains_recommended():
+    import scvae
+
+    model = scvae.train(_cells(40), max_epochs=1, progress=False)
+    assert model.preset == "recommended"
+    assert model.module.config.n_latent == 20 and model.module.config.decoder_layers == 0
+    assert model.train_config.calibrated_dispersion and model.train_config.free_bits == 0.5

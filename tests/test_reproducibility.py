@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from scvae import compare
-from scvae.diagnostics.run import run_diagnose
-from scvae.training.run import run_train
+from scvae.stages.diagnose import run_diagnose
+from scvae.stages.train import run_train
 from scvae.utils.torchfile import load_tensor_file
 
 SETTINGS = {

@@ -1,7 +1,7 @@
 """The collapse atlas, an experiment at the edge: nothing in the core imports it.
 
 A grid of trainings (mechanisms x remedies x datasets): the grid
-(:mod:`scvae.atlas.grid`), one job's trainings (:mod:`scvae.atlas.runs`), the tables
+(:mod:`scvae.atlas.grid`), one job's trainings (:mod:`scvae.atlas.jobs`), the tables
 (:mod:`scvae.atlas.tables`), the figures (:mod:`scvae.atlas.figures`) and the report stage
 that writes both (:mod:`scvae.atlas.report`).
 """
@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "AtlasRun": "scvae.atlas.grid",
         "atlas_runs": "scvae.atlas.grid",
         "atlas_jobs": "scvae.atlas.grid",
-        "run_atlas_job": "scvae.atlas.runs",
+        "run_atlas_job": "scvae.atlas.jobs",
         "collect": "scvae.atlas.tables",
         "summarize": "scvae.atlas.tables",
         "remedy_table": "scvae.atlas.tables",

@@ -3,7 +3,7 @@
 Each function draws one PNG and writes it atomically, with the conventions of
 :mod:`scvae.plotting.style` (no pyplot, one DPI).
 
-The inputs are the run records of :func:`scvae.atlas.runs.run_atlas_job` (one dict per run
+The inputs are the run records of :func:`scvae.atlas.jobs.run_atlas_job` (one dict per run
 and seed) or their table, :func:`scvae.atlas.tables.collect`. :func:`write_atlas_figures`
 draws every figure whose data are present.
 """
@@ -27,7 +27,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from scvae.atlas.tables import COLLAPSE_MI, RESTORE_TOLERANCE, collect, is_collapsed
+from scvae.atlas.tables import RESTORE_TOLERANCE, collect
+from scvae.diagnostics.verdicts import VerdictThresholds, is_collapsed
 from scvae.plotting.style import empty_panel, offsets, palette, save_figure
 
 __all__ = [
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 _DATASET_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 _COLLAPSED_COLOUR = "tab:red"
+# The MI line drawn on the sweeps: the verdict's threshold of a collapsed code.
+_COLLAPSE_MI = VerdictThresholds().min_mi
 _HEALTHY_COLOUR = "tab:blue"
 
 
@@ -149,9 +152,15 @@ def _healthy_mean(df: pd.DataFrame, dataset: str, column: str) -> float:
 def _collapsed(df: pd.DataFrame) -> np.ndarray:
     if "collapsed" in df:
         return df["collapsed"].fillna(False).to_numpy(dtype=bool)
-    mi = df["mi"].to_numpy(dtype=float)
-    au = df["active_units"].to_numpy(dtype=float)
-    return is_collapsed(mi, au)
+    return np.asarray(
+        is_collapsed(
+            df.get("verdict"),
+            mi=df.get("mi"),
+            kl_total=df.get("kl_total"),
+            active_units=df.get("active_units"),
+        ),
+        dtype=bool,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -161,7 +170,7 @@ def _collapsed(df: pd.DataFrame) -> np.ndarray:
 
 def _collapse_lines(ax_mi: Axes, ax_au: Axes, data: pd.DataFrame) -> None:
     """The collapse threshold on the MI row and ``n_latent`` on the active-units row."""
-    ax_mi.axhline(COLLAPSE_MI, color="0.25", ls=":", lw=1.3)
+    ax_mi.axhline(_COLLAPSE_MI, color="0.25", ls=":", lw=1.3)
     n_latent = np.nanmax(data["n_latent"].to_numpy(dtype=float))
     if np.isfinite(n_latent):
         ax_au.axhline(n_latent, color="0.5", ls=":", lw=1.3)
@@ -170,7 +179,7 @@ def _collapse_lines(ax_mi: Axes, ax_au: Axes, data: pd.DataFrame) -> None:
 def _collapse_handles() -> list[Line2D]:
     """Legend entries of :func:`_collapse_lines`."""
     return [
-        Line2D([], [], color="0.25", ls=":", lw=1.3, label=f"collapse: MI = {COLLAPSE_MI} nats"),
+        Line2D([], [], color="0.25", ls=":", lw=1.3, label=f"collapse: MI = {_COLLAPSE_MI} nats"),
         Line2D([], [], color="0.5", ls=":", lw=1.3, label="n_latent"),
     ]
 
@@ -498,7 +507,7 @@ def plot_kl_vs_sensitivity(
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.runs.run_atlas_job` (stages ``remedy`` and
+        Run records of :func:`scvae.atlas.jobs.run_atlas_job` (stages ``remedy`` and
         ``healthy`` are used).
     dataset
         Dataset to draw.
@@ -707,7 +716,7 @@ def plot_vicious_cycle(
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.runs.run_atlas_job`; the ``sweep`` runs of
+        Run records of :func:`scvae.atlas.jobs.run_atlas_job`; the ``sweep`` runs of
         ``mechanism`` are drawn.
     path
         PNG to write.
@@ -790,7 +799,7 @@ def _means_vs_sample_points(
             color=_COLLAPSED_COLOUR,
             marker="o",
             ls="",
-            label=f"collapsed (MI < {COLLAPSE_MI} or AU = 0)",
+            label="collapsed (verdict)",
         ),
         Line2D([], [], color="0.4", ls="--", label="y = x"),
     ]
@@ -801,10 +810,10 @@ def _means_vs_sample_points(
 def plot_means_vs_sample(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """KMeans ARI on the posterior means against ARI on one posterior draw, every run.
 
-    Each run and seed is a point: red when collapsed (MI below 0.1 nats or no active
-    unit), blue otherwise, one marker per dataset. Points below the diagonal are runs
-    whose posterior means show more cell-type structure than the code carries once its
-    own posterior noise is added.
+    Each run and seed is a point: red when collapsed (its verdict, see
+    :func:`scvae.diagnostics.verdicts.is_collapsed`), blue otherwise, one marker per
+    dataset. Points below the diagonal are runs whose posterior means show more
+    cell-type structure than the code carries once its own posterior noise is added.
 
     Parameters
     ----------
@@ -854,7 +863,7 @@ def write_atlas_figures(records: Sequence[Mapping], out_dir: str | os.PathLike) 
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.runs.run_atlas_job`.
+        Run records of :func:`scvae.atlas.jobs.run_atlas_job`.
     out_dir
         Folder for the PNGs (created if needed).
 

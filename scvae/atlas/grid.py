@@ -12,7 +12,7 @@ The grid (``config/atlas.yaml``, section ``atlas``) has four parts:
   ``recommended`` one) over ``seeds``, measured on the same footing as the reference.
 
 :func:`atlas_jobs` groups the runs into the jobs the workflow runs
-(:func:`scvae.atlas.runs.run_atlas_job`). This module stays free of torch, pyro and
+(:func:`scvae.atlas.jobs.run_atlas_job`). This module stays free of torch, pyro and
 scanpy: the Snakefile imports it to list the jobs.
 """
 
@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from scvae.config import variant_names, variant_overrides
 from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS
 
 __all__ = [
+    "ATLAS_DEFAULTS",
     "STAGES",
     "AtlasRun",
     "atlas_jobs",
@@ -39,6 +41,19 @@ __all__ = [
 
 #: The kinds of run, in the order the atlas lists them.
 STAGES = ("sweep", "remedy", "healthy", "candidate")
+
+#: Defaults of the atlas grid's optional keys, by dotted config key (``<name>``: every
+#: mechanism); the workflow fills them in with :func:`scvae.config.fill_defaults`.
+ATLAS_DEFAULTS: dict[str, Any] = {
+    "atlas.n_cells": 1500,
+    "atlas.base": {},
+    "atlas.sweep_seeds": [0],
+    "atlas.seeds": [0, 1, 2],
+    "atlas.candidates": [],
+    "atlas.resolution": 1.0,
+    "atlas.diagnostics": {},
+    "atlas.mechanisms.<name>.remedies": {},
+}
 
 
 @dataclass(frozen=True)
@@ -179,14 +194,15 @@ def _mechanism_runs(mech: str, spec: Mapping, base: dict, remedies: Mapping) -> 
 def _reference_runs(config: Mapping, base: dict) -> list[AtlasRun]:
     """The healthy reference and the candidates: variants of the workflow config."""
     atlas = config["atlas"]
-    variants = config.get("variants", {})
     references = [("healthy", atlas["healthy"])]
     references += [("candidate", v) for v in atlas.get("candidates", [])]
     runs = []
     for i, (stage, variant) in enumerate(references):
-        if variant not in variants:
-            raise ValueError(f"atlas config: {stage} variant {variant!r} is not in variants")
-        settings = {**base, **(variants[variant] or {})}
+        if variant not in variant_names(config):
+            raise ValueError(
+                f"atlas config: {stage} variant {variant!r} is neither a preset nor in variants"
+            )
+        settings = {**base, **variant_overrides(config, variant)}
         runs.append(AtlasRun(stage, "", variant, "none", i, None, settings))
     return runs
 
@@ -280,7 +296,7 @@ def atlas_jobs(config: Mapping) -> dict[str, list[dict]]:
     dict
         ``{job name: [run spec, ...]}``; a run spec is a plain dict with the run's
         identifiers, ``settings`` and ``seed``, as
-        :func:`scvae.atlas.runs.run_atlas_job` takes it.
+        :func:`scvae.atlas.jobs.run_atlas_job` takes it.
     """
     jobs: dict[str, list[dict]] = {}
     for run in atlas_runs(config):

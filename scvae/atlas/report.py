@@ -1,6 +1,6 @@
 """The atlas report stage: the records of every job to tables and figures.
 
-:func:`run_atlas_report` reads the records of :func:`scvae.atlas.runs.run_atlas_job`,
+:func:`run_atlas_report` reads the records of :func:`scvae.atlas.jobs.run_atlas_job`,
 writes the tables of :mod:`scvae.atlas.tables` as TSV and draws the figures of
 :mod:`scvae.atlas.figures`.
 """

@@ -1,6 +1,6 @@
 """Tables of the collapse atlas: every run and seed, means over seeds, the best remedies.
 
-The inputs are the run records of :func:`scvae.atlas.runs.run_atlas_job` (one dict per
+The inputs are the run records of :func:`scvae.atlas.jobs.run_atlas_job` (one dict per
 run and seed). :func:`collect` makes them one table; :func:`summarize` and
 :func:`remedy_table` reduce it; :mod:`scvae.atlas.figures` draws it.
 """
@@ -14,15 +14,14 @@ import numpy as np
 import pandas as pd
 
 from scvae.atlas.grid import STAGES
+from scvae.diagnostics.verdicts import is_collapsed
 from scvae.utils.jsonio import read_json
 
 __all__ = [
-    "COLLAPSE_MI",
     "RESTORE_METRIC",
     "RESTORE_TOLERANCE",
     "SCALAR_COLUMNS",
     "collect",
-    "is_collapsed",
     "read_records",
     "remedy_table",
     "summarize",
@@ -61,9 +60,6 @@ SCALAR_COLUMNS = (
     "leiden_nmi_sample",
 )
 
-#: MI (nats) below which a run counts as collapsed (:func:`is_collapsed`).
-COLLAPSE_MI = 0.1
-
 #: The score that decides whether a remedy restores the healthy model: KMeans ARI on a
 #: posterior draw, which a collapsed code cannot fake (see posterior_sample_scores).
 RESTORE_METRIC = "kmeans_ari_sample"
@@ -71,37 +67,18 @@ RESTORE_METRIC = "kmeans_ari_sample"
 RESTORE_TOLERANCE = 0.05
 
 
-def is_collapsed(
-    mi: np.ndarray | pd.Series, active_units: np.ndarray | pd.Series
-) -> np.ndarray | pd.Series:
-    """The atlas's definition of a collapsed run: MI below :data:`COLLAPSE_MI` or no active unit.
-
-    Parameters
-    ----------
-    mi
-        Mutual information I(x; z) in nats, per run (array or Series).
-    active_units
-        Active units per run, the same shape.
-
-    Returns
-    -------
-    numpy.ndarray or pandas.Series
-        Booleans, one per run.
-    """
-    return (mi < COLLAPSE_MI) | (active_units == 0)
-
-
 def collect(records: list[Mapping]) -> pd.DataFrame:
     """One row per run and seed with the scalar columns (:data:`SCALAR_COLUMNS`).
 
-    Also ``collapsed`` (:func:`is_collapsed`) and, per dataset, ``d_kmeans_ari``,
+    Also ``collapsed`` (:func:`scvae.diagnostics.verdicts.is_collapsed`: the run's
+    verdict, or its scalar tests for a record without one) and, per dataset, ``d_kmeans_ari``,
     ``d_leiden_ari``, ``d_kmeans_ari_sample`` and ``d_leiden_ari_sample``: the change
     from the healthy reference's mean over its seeds.
 
     Parameters
     ----------
     records
-        Run records of :func:`scvae.atlas.runs.run_atlas_job`.
+        Run records of :func:`scvae.atlas.jobs.run_atlas_job`.
 
     Returns
     -------
@@ -110,7 +87,9 @@ def collect(records: list[Mapping]) -> pd.DataFrame:
         order and seed.
     """
     df = pd.DataFrame([{c: r.get(c) for c in SCALAR_COLUMNS} for r in records])
-    df["collapsed"] = is_collapsed(df["mi"], df["active_units"])
+    df["collapsed"] = is_collapsed(
+        df["verdict"], mi=df["mi"], kl_total=df["kl_total"], active_units=df["active_units"]
+    )
     healthy = df[df["stage"] == "healthy"].groupby("dataset")
     for metric in ("kmeans_ari", "leiden_ari", "kmeans_ari_sample", "leiden_ari_sample"):
         ref = healthy[metric].mean()
@@ -160,8 +139,8 @@ def remedy_table(df: pd.DataFrame) -> pd.DataFrame:
 
     The best remedy is the one with the highest mean :data:`RESTORE_METRIC` over seeds;
     it ``restores`` the model when that mean is within :data:`RESTORE_TOLERANCE` of the
-    healthy reference's and its code is not collapsed (MI >= 0.1 nats and active units
-    on every seed).
+    healthy reference's and its code is collapsed on no seed (the ``collapsed`` column
+    of :func:`collect`).
 
     Parameters
     ----------
@@ -207,7 +186,7 @@ def remedy_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_records(paths: list[str | os.PathLike]) -> list[dict]:
-    """Read and concatenate the record lists written by :func:`scvae.atlas.runs.run_atlas_job`.
+    """Read and concatenate the record lists written by :func:`scvae.atlas.jobs.run_atlas_job`.
 
     Parameters
     ----------

@@ -14,8 +14,8 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "read_samples": "scvae.data.batches",
         "read_h5ad": "scvae.data.h5ad",
         "write_h5ad": "scvae.data.h5ad",
-        "read_run": "scvae.data.runs",
-        "write_run": "scvae.data.runs",
+        "read_run": "scvae.data.runfiles",
+        "write_run": "scvae.data.runfiles",
         "H5CSR": "scvae.data.ondisk",
         "CSRWriter": "scvae.data.ondisk",
         "row_sums": "scvae.data.ondisk",
@@ -23,5 +23,7 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "counts_matrix": "scvae.data.loaders",
         "synthetic_counts": "scvae.data.synthetic",
         "write_synthetic_h5ad": "scvae.data.synthetic",
+        "resample_cells": "scvae.data.synthetic",
+        "write_resampled": "scvae.data.synthetic",
     },
 )

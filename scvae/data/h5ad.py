@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anndata
 import h5py
+from anndata.abc import CSRDataset
+from anndata.io import read_elem, sparse_dataset, write_elem
+from scipy import sparse
 
 from scvae.data.checks import corrupt_file_error, require_exists
 from scvae.data.ondisk import backed_min_bytes
@@ -65,8 +69,6 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool | None = False) -> anndat
 
 
 def _read_h5ad_backed(path: Path) -> anndata.AnnData:
-    from anndata.io import read_elem, sparse_dataset
-
     with h5py.File(path, "r") as f:
         elems = {
             k: read_elem(f[k])
@@ -124,8 +126,6 @@ def _write_in_memory(adata: anndata.AnnData, tmp: Path) -> None:
 
 def _same_csr(a: Any, b: Any) -> bool:
     """Whether two in-memory CSR matrices have the same shape, dtype and values."""
-    from scipy import sparse
-
     if not (sparse.isspmatrix_csr(a) and sparse.isspmatrix_csr(b)):
         return False
     return a.shape == b.shape and a.dtype == b.dtype and (a != b).nnz == 0
@@ -156,11 +156,6 @@ def _write_backed(adata: anndata.AnnData, tmp: Path) -> None:
     obs, var, obsm, varm, obsp, varp and uns are replaced with what is in memory and
     layers that are not in the file are added.
     """
-    import shutil
-
-    from anndata.abc import CSRDataset
-    from anndata.io import write_elem
-
     source = Path(adata.filename)
     shutil.copyfile(source, tmp)
     with h5py.File(tmp, "r+") as f:

@@ -1,16 +1,31 @@
-"""Minibatches of dense counts cut from a sparse matrix, one batch at a time."""
+"""Where the counts of an AnnData are, and minibatches of dense counts cut from them.
+
+:func:`counts_layer` is the one place that decides where the raw counts of an AnnData
+are (``layers["counts"]`` when present, else ``X``); :func:`counts_source`,
+:func:`counts_data` and :func:`counts_matrix` name and read them by it.
+:class:`CountBatches` cuts minibatches from the counts, one batch at a time.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from anndata import AnnData
 from anndata.abc import CSCDataset, CSRDataset
 
 from scvae.data.ondisk import H5CSR, is_ondisk
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where batches become tensors: the accessors below serve light
+# modules too (the QC figure, the scIB metrics), which should not load it.
+
+COUNTS_LAYER = "counts"
+"""The layer that holds the raw counts, by the scverse convention (else they are in ``X``)."""
 
 BLOCK_SIZE = 256
 """Rows per block of the block shuffle that :func:`scvae.train` uses for on-disk counts."""
@@ -132,6 +147,8 @@ class CountBatches:
 
     @staticmethod
     def _tensor(block, device: torch.device | str) -> torch.Tensor:
+        import torch
+
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
         return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
 
@@ -143,6 +160,8 @@ class CountBatches:
         """Covariate codes of the given rows as a LongTensor (rows x covariates), or None."""
         if self.covariates is None:
             return None
+        import torch
+
         return torch.from_numpy(np.ascontiguousarray(self.covariates[rows])).to(device)
 
     def epoch(
@@ -169,13 +188,70 @@ class CountBatches:
                 yield self._tensor(window[np.searchsorted(rows, r)], device), self.codes(r, device)
 
 
-def counts_matrix(adata: AnnData, layer: str | None = "counts") -> sp.csr_matrix:
+def counts_layer(adata: AnnData, layer: str | None = COUNTS_LAYER) -> str | None:
+    """The layer that holds the raw counts of ``adata``, or None when they are in ``X``.
+
+    Parameters
+    ----------
+    adata
+        The data (in memory or backed).
+    layer
+        The layer asked for; None for ``X``.
+
+    Returns
+    -------
+    str or None
+        ``layer`` when ``adata`` has it, else None: the counts are in ``X``.
+    """
+    return layer if layer is not None and layer in adata.layers else None
+
+
+def counts_source(adata: AnnData, layer: str | None = COUNTS_LAYER) -> str:
+    """Where the raw counts of ``adata`` are, for messages and records.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    layer
+        The layer asked for (see :func:`counts_layer`).
+
+    Returns
+    -------
+    str
+        ``"layers['counts']"`` (the layer found) or ``"X"``.
+    """
+    found = counts_layer(adata, layer)
+    return "X" if found is None else f"layers[{found!r}]"
+
+
+def counts_data(adata: AnnData, layer: str | None = COUNTS_LAYER) -> Any:
+    """The raw counts of ``adata`` as stored: ``layers[layer]`` when present, else ``X``.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    layer
+        The layer asked for (see :func:`counts_layer`).
+
+    Returns
+    -------
+    Any
+        The matrix as it is held: dense, sparse, a backed dataset, or None for an
+        AnnData without ``X``. :func:`counts_matrix` gives it as CSR.
+    """
+    found = counts_layer(adata, layer)
+    return adata.X if found is None else adata.layers[found]
+
+
+def counts_matrix(adata: AnnData, layer: str | None = COUNTS_LAYER) -> sp.csr_matrix:
     """The raw counts of ``adata`` as CSR: ``layers[layer]`` when present, else ``X``.
 
     Counts on disk (a backed AnnData's CSR ``X`` or layer, see
     :func:`scvae.data.h5ad.read_h5ad`) stay there, as a :class:`scvae.data.ondisk.H5CSR`.
     """
-    X = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
+    X = counts_data(adata, layer)
     if is_ondisk(X):
         return X
     if isinstance(X, CSRDataset):

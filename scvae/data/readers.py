@@ -370,8 +370,9 @@ def read_counts(
     Returns
     -------
     anndata.AnnData
-        ``X`` is the raw counts as a float32 CSR matrix, ``layers["counts"]`` a copy
-        of it, names are unique and ``uns["scvae"]["input"]`` records path and format.
+        ``X`` is the raw counts as a float32 CSR matrix (values within float rounding
+        of an integer rounded, with a warning), ``layers["counts"]`` a copy of it,
+        names are unique and ``uns["scvae"]["input"]`` records path and format.
         Of an h5ad or loom input only obs, var and obsm are kept; of a 10x input
         only the "Gene Expression" features, named by gene symbol.
 
@@ -391,8 +392,17 @@ def read_counts(
         warnings.filterwarnings("ignore", message=r".* names are not unique")
         warnings.filterwarnings("ignore", category=anndata.ImplicitModificationWarning)
         adata, hint = _READERS[fmt](path, layer=layer, transpose=transpose)
-    check_counts(adata.X, source=str(path), hint=hint)
-    adata.X = to_csr_float32(adata.X)
+    # Checked before the float32 cast, which would round some values unseen; rounded in
+    # place, as the matrix was just read.
+    X = check_counts(
+        adata.X,
+        source=str(path),
+        hint=hint,
+        obs_names=adata.obs_names,
+        var_names=adata.var_names,
+        copy=False,
+    )
+    adata.X = to_csr_float32(X)
     # A copy, not the same object: scanpy calls that normalize X in place must not
     # change the counts layer.
     adata.layers["counts"] = adata.X.copy()

@@ -14,8 +14,10 @@ import math
 from typing import Any
 
 import numpy as np
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+from sklearn.neighbors import KNeighborsClassifier
 
-from scvae.diagnostics.tensors import ArrayLike
+from scvae.module.tensors import ArrayLike
 
 __all__ = ["batch_in_latent"]
 
@@ -57,9 +59,6 @@ def batch_in_latent(
         2 batches), ``chance`` (share of the largest batch: the accuracy of always
         guessing it), ``n_batches``, ``n_cells``, ``n_neighbors`` and ``n_folds``.
     """
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
-    from sklearn.neighbors import KNeighborsClassifier
-
     z = np.asarray(z, dtype=np.float64)
     labels = np.asarray(batches).astype(str)
     if z.ndim != 2 or z.shape[0] != labels.shape[0]:

@@ -17,8 +17,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from scvae.data.loaders import CountBatches
-from scvae.diagnostics.tensors import LOG_2PI, MAX_ELEMENTS, Counts, as_generator
 from scvae.module.encoding import eval_mode, module_device
+from scvae.module.tensors import LOG_2PI, MAX_ELEMENTS, Counts, as_generator
 
 if TYPE_CHECKING:
     from scvae.module.vae import VAE

@@ -16,9 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy import stats
+from torch.func import jvp
 
-from scvae.diagnostics.tensors import MAX_ELEMENTS, ArrayLike, Counts, as_float64, as_generator
 from scvae.module.encoding import eval_mode, module_device
+from scvae.module.tensors import MAX_ELEMENTS, ArrayLike, Counts, as_float64, as_generator
 
 if TYPE_CHECKING:
     from scvae.module.vae import VAE
@@ -118,8 +119,6 @@ def decoder_jacobian(
         ``sensitivity_per_dim`` (``diag G``: mean squared norm of ``d log mu / dz_d``),
         ``n_cells``, and ``kl_sensitivity_spearman`` when ``kl`` is given.
     """
-    from torch.func import jvp
-
     g = as_generator(generator)
     device = module_device(module)
     loc = as_float64(loc)

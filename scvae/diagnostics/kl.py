@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scvae.diagnostics.tensors import ArrayLike, check_loc_scale
+from scvae.module.tensors import ArrayLike, check_loc_scale
 
 __all__ = ["active_units", "kl_per_dim", "posterior_mean_variance"]
 

@@ -1,84 +1,30 @@
 """Mutual information ``I(x; z)`` under the aggregate posterior of a cell set.
 
-:func:`mutual_information` estimates it jointly and per dimension (Hoffman & Johnson
-2016; He et al. 2019). Noise is drawn on the CPU from the ``generator`` given, so the
-numbers do not depend on the device and the global random state is untouched.
+:func:`mutual_information` reports it jointly and per dimension (Hoffman & Johnson
+2016; He et al. 2019) with the KL decomposition. The estimate is that of
+:func:`scvae.module.aggregate.aggregate_mi`, the one the aggressive phase of training
+stops on; noise is drawn on the CPU from the ``generator`` given, so the numbers do not
+depend on the device and the global random state is untouched.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from scvae.diagnostics.kl import kl_per_dim
-from scvae.diagnostics.tensors import (
-    LOG_2PI,
-    MAX_ELEMENTS,
-    ArrayLike,
-    as_generator,
-    check_loc_scale,
-)
+from scvae.module.aggregate import N_EVAL, aggregate_mi
+from scvae.module.tensors import ArrayLike
 
 __all__ = ["mutual_information"]
-
-
-def _sample_sources(n: int, m: int, g: torch.Generator) -> torch.Tensor:
-    """Cells whose posteriors the ``m`` Monte Carlo draws come from, stratified.
-
-    Every cell is used once before any is used twice, so with ``m == n`` the draws are a
-    stratified sample of the aggregate posterior (lower variance than i.i.d. cells).
-    """
-    reps = -(-m // n)
-    return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[:m]
-
-
-def _log_mixture_joint(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``log (1/N) sum_j N(z_m; loc_j, diag scale_j^2)`` for each row of ``z``.
-
-    The quadratic form is expanded into one matrix product, ``[z^2, z] @ [-1/(2 s^2),
-    loc/s^2]^T``, so the (m x N) log densities cost a GEMM instead of an (m x N x d)
-    tensor. The expansion cancels large terms when ``|z| / s`` is large; float64 keeps
-    the error below 1e-6 nats for scales down to the encoder's floor of 1e-4.
-    """
-    n, d = loc.shape
-    prec = scale.pow(-2)
-    coef = torch.cat([-0.5 * prec, loc * prec], 1).T.contiguous()  # (2d, N)
-    const = (-0.5 * loc.square() * prec - scale.log()).sum(1) - 0.5 * d * LOG_2PI
-    rows = max(1, MAX_ELEMENTS // n)
-    out = []
-    for s in range(0, z.shape[0], rows):
-        zc = z[s : s + rows]
-        logq = torch.addmm(const, torch.cat([zc.square(), zc], 1), coef)
-        out.append(torch.logsumexp(logq, 1))
-    return torch.cat(out) - math.log(n)
-
-
-def _log_mixture_marginals(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Per-dimension ``log (1/N) sum_j N(z_md; loc_jd, scale_jd^2)``, shape (m, d).
-
-    One batched matrix product per chunk (batch over dimensions, inner size 3).
-    """
-    n, d = loc.shape
-    prec = scale.pow(-2)
-    coef = torch.stack(
-        [-0.5 * prec, loc * prec, -0.5 * loc.square() * prec - scale.log() - 0.5 * LOG_2PI], 0
-    ).permute(2, 0, 1)  # (d, 3, N)
-    rows = max(1, MAX_ELEMENTS // (n * d))
-    out = []
-    for s in range(0, z.shape[0], rows):
-        zc = z[s : s + rows]
-        feats = torch.stack([zc.square(), zc, torch.ones_like(zc)], -1).permute(1, 0, 2)
-        out.append(torch.logsumexp(torch.bmm(feats, coef), -1).T)  # (m, d)
-    return torch.cat(out) - math.log(n)
 
 
 def mutual_information(
     loc: ArrayLike,
     scale: ArrayLike,
     *,
-    n_eval: int = 10_000,
+    n_eval: int = N_EVAL,
     n_samples: int | None = None,
     n_samples_per_dim: int = 1000,
     generator: torch.Generator | int = 0,
@@ -91,22 +37,10 @@ def mutual_information(
     ``E_x[KL(q(z|x) || p(z))] = I(x; z) + KL(q(z) || p(z))``
 
     (Hoffman & Johnson 2016, "ELBO surgery"). The expected KL is exact (analytic per
-    cell). The MI is estimated by Monte Carlo as ``mean_m [log q(z_m | x_m) -
-    log q(z_m)]`` with ``z_m ~ q(z | x_m)`` and ``log q(z_m)`` a log-sum-exp over all
-    ``N`` components; ``KL(q(z) || p(z))`` is the expected KL minus that MI, so the
-    identity above holds exactly and the aggregate KL uses the analytic expected KL as
-    a control variate.
-
-    Deviations from He et al. (2019, "Lagging inference networks", ``calc_mi``): (1)
-    ``q(z)`` is the mixture over ``N`` cells (up to ``n_eval``, all cells by default),
-    not over one minibatch; the estimate is capped at ``log N`` (``mi_cap``), which for
-    a 128-cell batch is 4.85 nats and hides the difference between a good and an
-    excellent code. (2) The entropy term is paired with the cross term on the same draw
-    (``log q(z_m | x_m)`` rather than the analytic entropy), which removes the noise of
-    a collapsed dimension exactly. Like He et al., cell ``m``'s own component stays in
-    the log-sum-exp: the estimate is then unbiased for the MI of the ``N``-cell
-    empirical distribution and every term is at most ``log N``; leaving it out would
-    estimate a leave-one-out mixture that can exceed ``log N`` and has no MI meaning.
+    cell). The MI is estimated by Monte Carlo (:func:`scvae.module.aggregate.aggregate_mi`,
+    which also lists where it deviates from He et al. 2019); ``KL(q(z) || p(z))`` is the
+    expected KL minus that MI, so the identity above holds exactly and the aggregate KL
+    uses the analytic expected KL as a control variate.
 
     Parameters
     ----------
@@ -132,47 +66,29 @@ def mutual_information(
         is ``I(x; z_d)`` under the marginal aggregate ``q(z_d)``; the dimensions' MI
         need not add up to the joint MI.
     """
-    loc, scale = check_loc_scale(loc, scale)
-    g = as_generator(generator)
-    device = loc.device
-    n_total, d = loc.shape
-    if n_eval < 1:
-        raise ValueError(f"n_eval must be >= 1, got {n_eval}")
-    if n_total > n_eval:
-        keep = torch.randperm(n_total, generator=g)[:n_eval].sort().values.to(device)
-        loc, scale = loc[keep], scale[keep]
-    n = loc.shape[0]
-    m = n if n_samples is None else int(n_samples)
-    if m < 1 or n_samples_per_dim < 1:
-        raise ValueError("n_samples and n_samples_per_dim must be >= 1")
-    src = _sample_sources(n, m, g).to(device)
-    eps = torch.randn((m, d), generator=g, dtype=torch.float64).to(device)
-    z = loc[src] + scale[src] * eps
-    # Own-component log densities from the noise: exact, no cancellation.
-    own = -0.5 * eps.square() - scale[src].log() - 0.5 * LOG_2PI  # (m, d)
-    log_n = math.log(n)
-
-    # Rounding in the expanded quadratic form can put a term a hair above its bound.
-    terms = (own.sum(1) - _log_mixture_joint(z, loc, scale)).clamp(max=log_n)
-    mi = float(terms.mean())
-    mi_stderr = float(terms.std() / math.sqrt(m)) if m > 1 else math.nan
-
-    m_dim = min(m, int(n_samples_per_dim))
-    terms_dim = (own[:m_dim] - _log_mixture_marginals(z[:m_dim], loc, scale)).clamp(max=log_n)
-    mi_dim = terms_dim.mean(0).cpu().numpy()
-
-    kl_dim = kl_per_dim(loc, scale)
+    if n_samples_per_dim < 1:
+        raise ValueError(f"n_samples_per_dim must be >= 1, got {n_samples_per_dim}")
+    est = aggregate_mi(
+        loc,
+        scale,
+        n_eval=n_eval,
+        n_samples=n_samples,
+        n_samples_per_dim=n_samples_per_dim,
+        generator=generator,
+    )
+    # On the evaluation cells, so that the identity holds on the same set.
+    kl_dim = kl_per_dim(est.loc, est.scale)
     kl_mean = float(kl_dim.sum())
     return {
-        "mi": mi,
-        "mi_stderr": mi_stderr,
+        "mi": est.mi,
+        "mi_stderr": est.mi_stderr,
         "kl_mean": kl_mean,
-        "kl_aggregate": kl_mean - mi,
-        "mi_cap": log_n,
-        "n_eval": int(n),
-        "n_samples": int(m),
-        "n_samples_per_dim": int(m_dim),
-        "mi_per_dim": mi_dim,
+        "kl_aggregate": kl_mean - est.mi,
+        "mi_cap": est.mi_cap,
+        "n_eval": est.n_eval,
+        "n_samples": est.n_samples,
+        "n_samples_per_dim": est.n_samples_per_dim,
+        "mi_per_dim": est.mi_per_dim,
         "kl_mean_per_dim": kl_dim,
-        "kl_aggregate_per_dim": kl_dim - mi_dim,
+        "kl_aggregate_per_dim": kl_dim - est.mi_per_dim,
     }

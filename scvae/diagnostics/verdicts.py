@@ -2,21 +2,29 @@
 
 :func:`verdict` combines the measures of the other diagnostics modules (KL per dimension,
 active units, per-dimension MI, decoder sensitivity) under :class:`VerdictThresholds`.
+:func:`is_collapsed` is the one test of collapse on recorded runs (the comparison and
+atlas tables): the recorded verdict, or the verdict's scalar tests where none was
+recorded.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scvae.diagnostics.tensors import ArrayLike
+if TYPE_CHECKING:
+    # For annotations only: the tables that call is_collapsed need not load torch.
+    from scvae.module.tensors import ArrayLike
 
-__all__ = ["VERDICTS", "VerdictThresholds", "verdict"]
+__all__ = ["COLLAPSED", "VERDICTS", "VerdictThresholds", "is_collapsed", "verdict"]
 
 VERDICTS = ("healthy", "partial collapse", "collapsed")
 """The possible outcomes of :func:`verdict`, from best to worst."""
+COLLAPSED = VERDICTS[-1]
+"""The verdict of a collapsed code."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +161,9 @@ def verdict(
             f"the decoder ignores z (largest sensitivity {max_sens:.3g} < {t.min_sensitivity})"
         )
     if failures:
-        return "collapsed", "; ".join(failures) + ". " + summary
+        return COLLAPSED, "; ".join(failures) + ". " + summary
     if n_used == 0:
-        return "collapsed", "no dimension is active, informative and decoded at once. " + summary
+        return COLLAPSED, "no dimension is active, informative and decoded at once. " + summary
     if n_used == n_latent:
         return "healthy", (
             f"every dimension is active (Var E[z_d] above the threshold), informative "
@@ -179,3 +187,69 @@ def verdict(
             f"(sensitivity < {t.rel_sensitivity:g} x the largest)"
         )
     return "partial collapse", "; ".join(problems) + ". " + summary
+
+
+def _measure(values: ArrayLike | None, shape: tuple[int, ...]) -> np.ndarray:
+    """Float values broadcast to ``shape``; NaN where the measure was not recorded."""
+    if values is None:
+        return np.full(shape, np.nan)
+    return np.broadcast_to(np.asarray(values, dtype=np.float64), shape)
+
+
+def is_collapsed(
+    verdicts: str | ArrayLike | None,
+    *,
+    mi: ArrayLike | float | None = None,
+    kl_total: ArrayLike | float | None = None,
+    active_units: ArrayLike | float | None = None,
+    thresholds: VerdictThresholds | None = None,
+) -> bool | np.ndarray:
+    """Whether recorded runs are collapsed: the rule of :func:`verdict`, from a table.
+
+    A run with a recorded verdict is collapsed when that verdict is ``"collapsed"``
+    (case and surrounding spaces ignored): the verdict saw the per-dimension measures
+    (sensitivity, per-dimension MI) that a table no longer holds, under the thresholds
+    the diagnostics ran with. A run without one (``None``, NaN or ``""``, e.g. an atlas
+    record of a run whose diagnostics kept only the scalars) is collapsed when one of
+    the verdict's scalar tests fails: ``mi < min_mi``, ``kl_total < min_kl_total`` or
+    no active unit. A measure that was not recorded (None or NaN) fails no test, so a
+    baseline without diagnostics is never collapsed.
+
+    Parameters
+    ----------
+    verdicts
+        The recorded verdicts: one string, or one per run (array, list or Series);
+        None for none recorded.
+    mi, kl_total, active_units
+        ``I(x; z)`` (nats), total KL (nats) and the number of active units, per run
+        (or one value); None when not recorded.
+    thresholds
+        The thresholds of the scalar tests (defaults: :class:`VerdictThresholds`).
+
+    Returns
+    -------
+    bool or numpy.ndarray
+        A bool for a single run (a string or None as ``verdicts`` and scalar
+        measures), else a boolean array, one per run.
+    """
+    t = thresholds or VerdictThresholds()
+    given = np.asarray(verdicts, dtype=object)
+    measures = [
+        np.asarray(m, dtype=np.float64) for m in (mi, kl_total, active_units) if m is not None
+    ]
+    shape = np.broadcast_shapes(given.shape, *(m.shape for m in measures))
+    text = np.array(
+        [
+            v.strip().lower() if isinstance(v, str) else ""
+            for v in np.broadcast_to(given, shape).flat
+        ],
+        dtype=object,
+    ).reshape(shape)
+    # NaN compares False: a missing measure fails no test.
+    failed = (
+        (_measure(mi, shape) < t.min_mi)
+        | (_measure(kl_total, shape) < t.min_kl_total)
+        | (_measure(active_units, shape) == 0)
+    )
+    out = np.where(text != "", text == COLLAPSED, failed)
+    return bool(out) if out.ndim == 0 else out

@@ -1,4 +1,9 @@
-"""The count VAE: likelihoods, network blocks, the Pyro model and guide, encoding cells."""
+"""The count VAE: likelihoods, network blocks, the Pyro model and guide, encoding cells.
+
+Also the estimates on the encoder's posteriors that training and the diagnostics share:
+the mutual information under the aggregate posterior (:mod:`scvae.module.aggregate`) and
+its tensor helpers (:mod:`scvae.module.tensors`).
+"""
 
 from scvae.utils.lazy import lazy_attributes
 
@@ -6,6 +11,7 @@ __getattr__, __dir__, __all__ = lazy_attributes(
     __name__,
     {
         "VAE": "scvae.module.vae",
+        "aggregate_mi": "scvae.module.aggregate",
         "VAEConfig": "scvae.module.config",
         "count_distribution": "scvae.module.distributions",
         "encode": "scvae.module.encoding",

@@ -1,7 +1,7 @@
 """Encode cells: posterior means and scales of q(z | x), in evaluation mode.
 
 :func:`encode` is the one encoding loop of the package: :meth:`scvae.model.SCVAE.get_latent`,
-the diagnostics (:func:`scvae.diagnostics.run.diagnose`) and the aggressive phase of
+the diagnostics (:func:`scvae.diagnostics.suite.diagnose`) and the aggressive phase of
 training (its held-out mutual information, :mod:`scvae.training.aggressive`) read their
 codes through it. :func:`module_device` and :func:`eval_mode` are the small helpers every
 evaluation pass needs.

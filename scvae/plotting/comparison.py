@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from scvae.errors import InputError
 from scvae.integration import (
     BATCH_METRICS,
     BIO_METRICS,
@@ -38,6 +39,7 @@ __all__ = [
     "plot_scores",
     "plot_training_curves",
     "plot_umap_grid",
+    "umap",
 ]
 
 # The posterior-draw score is the one to trust for collapse (scvae.scores.posterior_sample_scores).
@@ -490,7 +492,7 @@ def _batch_title(name: str, adata: ad.AnnData, batch_key: str) -> str:
 
 def plot_umap_grid(
     adatas: Mapping[str, ad.AnnData],
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     label_key: str = "label",
     cluster_key: str = "scvae_leiden",
     batch_key: str | None = None,
@@ -511,7 +513,7 @@ def plot_umap_grid(
         ``{variant name: AnnData}`` with ``obsm["X_umap"]`` (from
         :func:`scvae.clustering.cluster`).
     path
-        PNG to write.
+        PNG to write; None: none.
     label_key
         Column of ``obs`` with cell-type labels (panels say so when absent).
     cluster_key
@@ -523,7 +525,7 @@ def plot_umap_grid(
     Returns
     -------
     matplotlib.figure.Figure
-        The figure written (its axes titles say what each panel shows).
+        The figure (its axes titles say what each panel shows).
     """
     names = list(adatas)
     label_values = [
@@ -611,8 +613,67 @@ def plot_umap_grid(
         if with_batch
         else "UMAP of each embedding: cell-type labels (left) and Leiden clusters (right)"
     )
-    save_figure(fig, path)
+    if path is not None:
+        save_figure(fig, path)
     return fig
+
+
+def umap(
+    adata: ad.AnnData,
+    *,
+    label_key: str = "label",
+    cluster_key: str | None = None,
+    batch_key: str | None = None,
+    name: str = "cells",
+    save: str | os.PathLike | None = None,
+) -> Figure:
+    """UMAP of one embedding by cell-type label, batch and Leiden cluster.
+
+    One row of :func:`plot_umap_grid`: the label colours with their legend, the
+    cluster ids at each cluster's median with the ARI against the labels in the
+    title, and with ``batch_key`` a middle panel by batch (with the scIB batch
+    correction when :func:`scvae.integration.integration_scores` stored it).
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm["X_umap"]`` (:func:`scvae.clustering.cluster`).
+    label_key
+        obs column of the cell-type labels (the panel says so when absent).
+    cluster_key
+        obs column of the clusters; None: the one :func:`scvae.clustering.cluster`
+        recorded in ``uns["scvae"]["cluster"]["params"]`` (its ``key_added``).
+    batch_key
+        obs column of the batches; None: no batch panel.
+    name
+        Name at the start of each panel's title.
+    save
+        PNG to write (atomically); None: none.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (a notebook shows it when it is a cell's result).
+
+    Raises
+    ------
+    InputError
+        When ``adata`` has no ``obsm["X_umap"]``, or ``cluster_key`` is None and no
+        clustering is recorded.
+    """
+    if "X_umap" not in adata.obsm:
+        raise InputError("no obsm['X_umap'] to draw; run scvae.tl.cluster (with umap=True) first")
+    if cluster_key is None:
+        params = adata.uns.get("scvae", {}).get("cluster", {}).get("params", {})
+        if "key" not in params:
+            raise InputError(
+                "no clustering recorded in uns['scvae']['cluster']['params']; run "
+                "scvae.tl.cluster first or pass cluster_key"
+            )
+        cluster_key = str(params["key"])
+    return plot_umap_grid(
+        {name: adata}, save, label_key=label_key, cluster_key=cluster_key, batch_key=batch_key
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Figures of the collapse diagnostics: KL per dimension, decoder sensitivity, J^T J spectrum.
 
-Every function takes the dictionary of :func:`scvae.diagnostics.run.diagnose` (or of
-:func:`scvae.diagnostics.run.read_diagnostics`; JSON ``null`` values are drawn as missing)
-and writes one PNG atomically (:func:`scvae.plotting.style.save_figure`).
+Every figure function takes the dictionary of :func:`scvae.diagnostics.suite.diagnose` (or
+of :func:`scvae.diagnostics.suite.read_diagnostics`; JSON ``null`` values are drawn as
+missing) or an AnnData holding it in ``uns["scvae"]["diagnostics"]`` (where the
+``cluster`` stage puts it), returns the figure and, with ``save``, writes it as a PNG
+atomically (:func:`scvae.plotting.style.save_figure`).
 """
 
 from __future__ import annotations
@@ -11,22 +13,47 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import anndata as ad
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from scvae.errors import InputError
 from scvae.plotting.style import empty_panel, save_figure
 
-__all__ = ["plot_diagnostics", "plot_jtj_spectrum", "plot_kl_per_dim", "plot_sensitivity_vs_kl"]
+__all__ = ["jtj_spectrum", "kl_per_dim", "plot_diagnostics", "sensitivity_vs_kl"]
+
+Diagnostics = ad.AnnData | Mapping[str, Any]
+"""What the figure functions draw: the diagnostics, or an AnnData that holds them."""
 
 _VERDICT_COLORS = {"healthy": "tab:green", "partial collapse": "tab:orange", "collapsed": "tab:red"}
 _DEFAULT_REL_SENSITIVITY = 1e-3
 
 
+def _diagnostics(data: Diagnostics) -> Mapping[str, Any]:
+    """The diagnostics dictionary of ``data``."""
+    if not isinstance(data, ad.AnnData):
+        return data
+    diag = data.uns.get("scvae", {}).get("diagnostics")
+    if not isinstance(diag, Mapping) or not diag:
+        raise InputError(
+            "no uns['scvae']['diagnostics'] in the AnnData (the cluster stage's final.h5ad "
+            "holds it); pass the dictionary of scvae.diagnostics.diagnose(model, adata)"
+        )
+    return diag
+
+
 def _values(diag: Mapping[str, Any], key: str) -> np.ndarray:
-    # None (JSON null) becomes NaN.
-    return np.asarray(diag.get(key) or [], dtype=np.float64)
+    # None (JSON null) becomes NaN; after an h5ad round trip the lists are arrays.
+    value = diag.get(key)
+    return np.asarray([] if value is None else value, dtype=np.float64)
+
+
+def _active(diag: Mapping[str, Any], n_dims: int) -> np.ndarray:
+    """The active-unit mask; every dimension when the diagnostics have none."""
+    value = diag.get("active_mask")
+    return np.asarray([True] * n_dims if value is None else value, dtype=bool)
 
 
 def _scalar(diag: Mapping[str, Any], key: str) -> float:
@@ -54,7 +81,7 @@ def _log_floor(*arrays: np.ndarray) -> float:
     return float(positive.min() / 10) if positive.size else 1e-6
 
 
-def plot_kl_per_dim(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
+def kl_per_dim(data: Diagnostics, *, save: str | os.PathLike | None = None) -> Figure:
     """Bars of KL and mutual information per latent dimension, inactive units hatched.
 
     A dimension whose KL bar towers over its MI bar carries KL that is not information
@@ -62,14 +89,21 @@ def plot_kl_per_dim(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
 
     Parameters
     ----------
-    diag
-        Diagnostics with ``kl_per_dim``, ``mi_per_dim`` and ``active_mask``.
-    path
-        PNG to write.
+    data
+        Diagnostics with ``kl_per_dim``, ``mi_per_dim`` and ``active_mask``, or an
+        AnnData with them in ``uns["scvae"]["diagnostics"]``.
+    save
+        PNG to write (atomically); None: none.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (a notebook shows it when it is a cell's result).
     """
+    diag = _diagnostics(data)
     kl = _values(diag, "kl_per_dim")
     mi = _values(diag, "mi_per_dim")
-    active = np.asarray(diag.get("active_mask") or [True] * kl.size, dtype=bool)
+    active = _active(diag, kl.size)
     fig = Figure(figsize=(max(6.5, 0.55 * kl.size + 3), 4.4), layout="constrained")
     ax = fig.subplots()
     if kl.size == 0:
@@ -110,10 +144,10 @@ def plot_kl_per_dim(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("nats")
     _title(fig, diag, "KL and information per latent dimension")
-    save_figure(fig, path, tight=False)
+    return _saved(fig, save)
 
 
-def plot_sensitivity_vs_kl(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
+def sensitivity_vs_kl(data: Diagnostics, *, save: str | os.PathLike | None = None) -> Figure:
     """Scatter of decoder sensitivity against KL per dimension, on log axes.
 
     Healthy dimensions sit on a rising diagonal: those with KL move the decoded
@@ -122,14 +156,21 @@ def plot_sensitivity_vs_kl(diag: Mapping[str, Any], path: str | os.PathLike) -> 
 
     Parameters
     ----------
-    diag
-        Diagnostics with ``kl_per_dim``, ``sensitivity_per_dim`` and ``active_mask``.
-    path
-        PNG to write.
+    data
+        Diagnostics with ``kl_per_dim``, ``sensitivity_per_dim`` and ``active_mask``,
+        or an AnnData with them in ``uns["scvae"]["diagnostics"]``.
+    save
+        PNG to write (atomically); None: none.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (a notebook shows it when it is a cell's result).
     """
+    diag = _diagnostics(data)
     kl = _values(diag, "kl_per_dim")
     sens = _values(diag, "sensitivity_per_dim")
-    active = np.asarray(diag.get("active_mask") or [True] * kl.size, dtype=bool)
+    active = _active(diag, kl.size)
     fig = Figure(figsize=(6.8, 5.2), layout="constrained")
     ax = fig.subplots()
     if kl.size == 0 or sens.size != kl.size:
@@ -176,10 +217,10 @@ def plot_sensitivity_vs_kl(diag: Mapping[str, Any], path: str | os.PathLike) -> 
     ax.set_xlabel("KL per dimension (nats, mean over cells)")
     ax.set_ylabel("decoder sensitivity  mean ||d log mu / dz_d||^2")
     _title(fig, diag, "Decoder sensitivity vs KL")
-    save_figure(fig, path, tight=False)
+    return _saved(fig, save)
 
 
-def plot_jtj_spectrum(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
+def jtj_spectrum(data: Diagnostics, *, save: str | os.PathLike | None = None) -> Figure:
     """Eigenvalues of ``mean_i J_i^T J_i`` in decreasing order, on a log scale.
 
     The number of eigenvalues well above zero is the number of latent directions the
@@ -187,12 +228,18 @@ def plot_jtj_spectrum(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
 
     Parameters
     ----------
-    diag
+    data
         Diagnostics with ``jtj_eigenvalues`` (and ``sensitivity_per_dim``, drawn sorted
-        for comparison).
-    path
-        PNG to write.
+        for comparison), or an AnnData with them in ``uns["scvae"]["diagnostics"]``.
+    save
+        PNG to write (atomically); None: none.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (a notebook shows it when it is a cell's result).
     """
+    diag = _diagnostics(data)
     eig = _values(diag, "jtj_eigenvalues")
     sens = np.sort(_values(diag, "sensitivity_per_dim"))[::-1]
     fig = Figure(figsize=(6.8, 4.6), layout="constrained")
@@ -240,13 +287,19 @@ def plot_jtj_spectrum(diag: Mapping[str, Any], path: str | os.PathLike) -> None:
     ax.set_xlabel("rank")
     ax.set_ylabel("eigenvalue (log scale)")
     _title(fig, diag, "Spectrum of the decoder's J^T J")
-    save_figure(fig, path, tight=False)
+    return _saved(fig, save)
+
+
+def _saved(fig: Figure, save: str | os.PathLike | None) -> Figure:
+    if save is not None:
+        save_figure(fig, save, tight=False)
+    return fig
 
 
 _PLOTS = {
-    "kl_per_dim": plot_kl_per_dim,
-    "sensitivity_vs_kl": plot_sensitivity_vs_kl,
-    "jtj_spectrum": plot_jtj_spectrum,
+    "kl_per_dim": kl_per_dim,
+    "sensitivity_vs_kl": sensitivity_vs_kl,
+    "jtj_spectrum": jtj_spectrum,
 }
 
 
@@ -265,4 +318,4 @@ def plot_diagnostics(diag: Mapping[str, Any], paths: Mapping[str, str | os.PathL
     if unknown:
         raise ValueError(f"unknown figure name(s) {unknown}; expected some of {sorted(_PLOTS)}")
     for name, path in paths.items():
-        _PLOTS[name](diag, path)
+        _PLOTS[name](diag, save=path)

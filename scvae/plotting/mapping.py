@@ -8,12 +8,15 @@ import anndata as ad
 import numpy as np
 from matplotlib.figure import Figure
 
+from scvae.errors import InputError
 from scvae.plotting.style import palette, save_figure
 
-__all__ = ["plot_joint_umap"]
+__all__ = ["joint_umap"]
 
 
-def plot_joint_umap(joint: ad.AnnData, path: str | os.PathLike, *, title: str = "") -> None:
+def joint_umap(
+    joint: ad.AnnData, *, title: str = "", save: str | os.PathLike | None = None
+) -> Figure:
     """Joint UMAP: by source, by label (the query's transferred), by the query's uncertainty.
 
     Parameters
@@ -21,11 +24,28 @@ def plot_joint_umap(joint: ad.AnnData, path: str | os.PathLike, *, title: str = 
     joint
         Output of :func:`scvae.mapping.joint_embedding` (``obsm["X_umap"]``,
         ``obs["source"]``, ``obs["label"]``, ``obs["scvae_label_uncertainty"]``).
-    path
-        PNG to write (atomically).
     title
         Figure title (the query's name).
+    save
+        PNG to write (atomically); None: none.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (a notebook shows it when it is a cell's result).
+
+    Raises
+    ------
+    InputError
+        When ``joint`` lacks ``obsm["X_umap"]``, ``obs["source"]`` or ``obs["label"]``.
     """
+    missing = [f"obs[{k!r}]" for k in ("source", "label") if k not in joint.obs]
+    missing += [] if "X_umap" in joint.obsm else ["obsm['X_umap']"]
+    if missing:
+        raise InputError(
+            f"the joint embedding lacks {', '.join(missing)}; make it with "
+            "scvae.mapping.joint_embedding(reference, query)"
+        )
     xy = joint.obsm["X_umap"]
     source = joint.obs["source"].astype(str).to_numpy()
     labels = joint.obs["label"].astype(str).to_numpy()
@@ -54,4 +74,6 @@ def plot_joint_umap(joint: ad.AnnData, path: str | os.PathLike, *, title: str = 
         ax.set_yticks([])
     if title:
         fig.suptitle(title)
-    save_figure(fig, path)
+    if save is not None:
+        save_figure(fig, save)
+    return fig

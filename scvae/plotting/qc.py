@@ -19,7 +19,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from scipy import sparse
 
+from scvae.data.loaders import counts_data
+from scvae.errors import InputError
 from scvae.plotting.style import empty_panel, palette, save_figure
+
+__all__ = ["plot_qc", "qc"]
 
 _THRESHOLD_NAMES = ("min_counts", "max_counts", "min_genes", "max_mito_fraction")
 _THRESHOLD_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.5}
@@ -31,17 +35,17 @@ _BATCH_ROW_HEIGHT = {6: 2.7, 12: 2.2}
 _MANY_BATCH_ROW_HEIGHT = 1.8
 
 
-def plot_qc(
+def qc(
     adata: anndata.AnnData,
-    path: str | os.PathLike,
     *,
     thresholds: Mapping[str, Any] | None = None,
     mito_prefix: str = "MT-",
     title: str | None = None,
     cell_metrics: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     batch_key: str | None = None,
-) -> None:
-    """Write a PNG with per-cell histograms of counts, detected genes and mito fraction.
+    save: str | os.PathLike | None = None,
+) -> Figure:
+    """Per-cell histograms of total counts, detected genes and mitochondrial fraction.
 
     Draw it on the data before filtering with the filter settings as ``thresholds``:
     the dashed lines and the legend then say how many cells each threshold removes.
@@ -50,8 +54,6 @@ def plot_qc(
     ----------
     adata
         Data with raw counts in ``layers["counts"]`` or, failing that, ``X``.
-    path
-        Destination ``.png``, written atomically.
     thresholds
         Filter settings (:func:`scvae.preprocess.memory.preprocess` keywords); those of
         ``min_counts``, ``max_counts``, ``min_genes`` and ``max_mito_fraction`` that
@@ -67,7 +69,21 @@ def plot_qc(
     batch_key
         obs column holding each cell's batch: one row of histograms per batch (in the
         order of its categories). None: one row for all cells.
+    save
+        PNG to write (atomically); None: none.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (a notebook shows it when it is a cell's result).
+
+    Raises
+    ------
+    InputError
+        When ``batch_key`` is not a column of ``obs``.
     """
+    if batch_key is not None and batch_key not in adata.obs:
+        raise InputError(f"no obs column {batch_key!r} (batch_key) to split the QC plot by")
     thresholds = dict(thresholds or {})
     totals, n_genes, mito = cell_metrics or _cell_metrics(adata, mito_prefix)
     rows = _rows(adata, batch_key)
@@ -101,7 +117,24 @@ def plot_qc(
         if any(thresholds.get(k) is not None for k in _THRESHOLD_NAMES):
             title += " (red dashed lines: filter thresholds)"
     fig.suptitle(title, fontsize=13)
-    save_figure(fig, path, tight=False)
+    if save is not None:
+        save_figure(fig, save, tight=False)
+    return fig
+
+
+def plot_qc(adata: anndata.AnnData, path: str | os.PathLike, **options: Any) -> None:
+    """Write the figure of :func:`qc` to ``path`` (the preprocessing stage's ``qc.png``).
+
+    Parameters
+    ----------
+    adata
+        As :func:`qc`.
+    path
+        PNG to write (atomically).
+    **options
+        The keyword options of :func:`qc`.
+    """
+    qc(adata, save=path, **options)
 
 
 def _rows(
@@ -130,8 +163,7 @@ def _figure_height(n_rows: int) -> float:
 
 
 def _counts_matrix(adata: anndata.AnnData) -> sparse.csr_matrix:
-    X = adata.layers["counts"] if "counts" in adata.layers else adata.X
-    return sparse.csr_matrix(X)
+    return sparse.csr_matrix(counts_data(adata))
 
 
 def _cell_metrics(

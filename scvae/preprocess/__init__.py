@@ -8,7 +8,6 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "preprocess": "scvae.preprocess.memory",
         "effective_settings": "scvae.preprocess.memory",
         "FILTER_SETTINGS": "scvae.preprocess.memory",
-        "run_preprocess": "scvae.preprocess.run",
         "add_qc_metrics": "scvae.preprocess.qc",
         "mito_genes": "scvae.preprocess.qc",
         "preprocess_h5ad_backed": "scvae.preprocess.streamed",

@@ -100,11 +100,13 @@ def preprocess(
     the last step (batches below :data:`scvae.preprocess.steps.SMALL_BATCH_CELLS` get a
     warning).
 
-    ``X`` stays the raw counts as float32 CSR, ``layers["counts"]`` is subset along
+    ``X`` stays the raw counts as float32 CSR (values within float rounding of an
+    integer are rounded first, with a warning), ``layers["counts"]`` is subset along
     with it, and obs QC metrics count all genes that passed the gene filter (before
     highly-variable selection). Numbers of cells and genes after every step are
     recorded in ``uns["scvae"]["preprocess"]``. The filters are decided before
-    ``adata`` is changed, so when they leave nothing the error leaves it as it was.
+    ``adata`` is changed, so when they leave nothing the error leaves it as it was
+    (but for that rounding).
 
     Parameters
     ----------
@@ -140,7 +142,17 @@ def preprocess(
     Returns
     -------
     anndata.AnnData or None
-        The filtered copy when ``copy`` is True, else None.
+        The filtered copy when ``copy`` is True, else None (``adata`` is subset in
+        place). Written: ``X`` (the raw counts, float32 CSR) and ``layers["counts"]``
+        (a copy of them); the QC metrics of
+        :func:`scvae.preprocess.qc.add_qc_metrics` in ``obs`` and ``var``; with
+        highly-variable selection, scanpy's ``var["highly_variable"]``,
+        ``var["highly_variable_rank"]``, ``var["means"]``, ``var["variances"]``,
+        ``var["variances_norm"]`` (and ``var["highly_variable_nbatches"]`` with
+        batches); ``obs[batch_key]`` and ``obs[covariate_keys]`` as categoricals;
+        ``uns["scvae"]["preprocess"]``: the settings, each step's cells and genes, and
+        ``batch_key``, ``batch_cells`` and ``covariate_keys``, which later steps read
+        (so its place is fixed: no ``key_added``).
 
     Raises
     ------
@@ -168,7 +180,13 @@ def preprocess(
     if batch_key is not None:
         batches = batch_column(adata.obs, batch_key, source)
         categorical[batch_key] = batches
-    check_counts(adata.X, source=source)
+    counts = check_counts(
+        adata.X, source=source, obs_names=adata.obs_names, var_names=adata.var_names, copy=copy
+    )
+    if counts is not adata.X:  # values were rounded into a new matrix
+        if copy:  # filter a rounded copy: the caller's AnnData stays as it was
+            adata = adata.copy()
+        adata.X = counts
     # Decide every filter on masks first, so that bad settings or data raise before
     # adata has been touched.
     plan = _plan_filters(adata, settings, source, batches)

@@ -47,26 +47,43 @@ def mito_fraction(mito: np.ndarray, totals: np.ndarray) -> np.ndarray:
     return np.divide(mito, totals, out=np.zeros_like(mito), where=totals > 0)
 
 
-def add_qc_metrics(adata: anndata.AnnData, *, mito_prefix: str = "MT-") -> bool:
-    """Add scanpy's QC metrics on the raw counts in ``X`` to obs and var, in place.
+def add_qc_metrics(
+    adata: anndata.AnnData,
+    *,
+    mito_prefix: str = "MT-",
+    layer: str | None = None,
+    copy: bool = False,
+) -> anndata.AnnData | None:
+    """Add scanpy's QC metrics of the raw counts to obs and var.
 
-    obs gets ``n_genes_by_counts`` and ``total_counts``, plus ``total_counts_mt`` and
-    ``pct_counts_mt`` (a percentage, 0-100) when there are mitochondrial genes; var
-    gets ``mt``, ``n_cells_by_counts``, ``mean_counts``, ``pct_dropout_by_counts`` and
-    ``total_counts``.
+    :func:`scanpy.pp.calculate_qc_metrics` with the mitochondrial genes as the one QC
+    gene set, no top-gene percentages and no log1p columns. Mitochondrial columns of an
+    earlier run are dropped first (a run that finds no mitochondrial genes writes none).
 
     Parameters
     ----------
     adata
-        Data with raw counts in ``X``.
+        Data with raw counts in ``X`` (or ``layers[layer]``).
     mito_prefix
         Name prefix of mitochondrial genes (case-insensitive).
+    layer
+        Layer of the raw counts; None: ``X``.
+    copy
+        Return a copy with the metrics instead of adding them to ``adata``.
 
     Returns
     -------
-    bool
-        Whether any mitochondrial genes were found.
+    anndata.AnnData or None
+        The copy when ``copy=True``, else None. Written: ``obs["n_genes_by_counts"]``
+        and ``obs["total_counts"]``, plus ``obs["total_counts_mt"]`` and
+        ``obs["pct_counts_mt"]`` (a percentage, 0-100) when there are mitochondrial
+        genes; ``var["mt"]`` (whether a gene is mitochondrial),
+        ``var["n_cells_by_counts"]``, ``var["mean_counts"]``,
+        ``var["pct_dropout_by_counts"]`` and ``var["total_counts"]``. The names are
+        scanpy's, which its plots and the filters of :func:`scvae.preprocess.preprocess`
+        read, so there is no ``key_added``.
     """
+    adata = adata.copy() if copy else adata
     adata.var["mt"] = mito_genes(adata, mito_prefix)
     has_mito = bool(adata.var["mt"].any())
     drop_stale_mito_metrics(adata.obs)
@@ -75,9 +92,10 @@ def add_qc_metrics(adata: anndata.AnnData, *, mito_prefix: str = "MT-") -> bool:
         qc_vars=["mt"] if has_mito else [],
         percent_top=None,
         log1p=False,
+        layer=layer,
         inplace=True,
     )
-    return has_mito
+    return adata if copy else None
 
 
 def drop_stale_mito_metrics(obs: pd.DataFrame) -> None:

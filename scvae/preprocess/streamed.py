@@ -47,14 +47,17 @@ import h5py
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from anndata.io import read_elem, write_elem
+from scanpy.preprocessing._highly_variable_genes import _sum_and_sum_squares_clipped
 from scipy import sparse
 
 from scvae.data.batches import BATCH_KEY, add_batch_columns, check_covariate_keys
-from scvae.data.checks import check_counts
+from scvae.data.checks import ChunkedCountCheck, check_counts
 from scvae.data.h5ad import plain_dicts
 from scvae.data.ondisk import H5CSR, CSRWriter, row_chunks
 from scvae.data.readers import labels_from_column, layers_hint, make_names_unique, to_csr_float32
 from scvae.errors import InputError
+from scvae.plotting.qc import plot_qc
 from scvae.preprocess.memory import effective_settings
 from scvae.preprocess.qc import drop_stale_mito_metrics, mito_fraction, mito_genes
 from scvae.preprocess.steps import (
@@ -139,7 +142,12 @@ def preprocess_h5ad_backed(
         meta, obsm = _read_metadata(f, X, path, label_key, batch_key, covariates)
         batches = None if batch_key is None else pd.Categorical(meta.obs[BATCH_KEY])
         is_mito = mito_genes(meta, settings["mito_prefix"])
-        stats = _cell_stats(X, is_mito, settings, source, hint)
+        check = ChunkedCountCheck(
+            source, hint=hint, obs_names=meta.obs_names, var_names=meta.var_names
+        )
+        stats = _cell_stats(X, is_mito, settings, check)
+        check.finish()
+        X = check.counts(X)  # later passes read the file again: rounded as read, if need be
         if qc_plot is not None:  # before filtering, as the in-memory path: it explains them
             _plot(meta, stats, qc_plot, settings, batch_key and BATCH_KEY)
         plan = _plan_filters(stats, is_mito, settings, source, batches)
@@ -195,8 +203,6 @@ def _read_metadata(
     covariates: list[str],
 ) -> tuple[anndata.AnnData, dict[str, Any]]:
     """The input's obs and var (checked and named as read_dataset does) in an AnnData; obsm."""
-    from anndata.io import read_elem
-
     obs = read_elem(f["obs"])
     var = read_elem(f["var"])
     obsm = dict(read_elem(f["obsm"])) if "obsm" in f else {}
@@ -212,9 +218,16 @@ def _read_metadata(
     return meta, obsm
 
 
-def _chunks(X: H5CSR) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
-    """``(rows, chunk)`` with the in-memory reader's cleaning (float32, no duplicates or zeros)."""
+def _chunks(
+    X: H5CSR, check: ChunkedCountCheck | None = None
+) -> Iterator[tuple[np.ndarray, sparse.csr_matrix]]:
+    """``(rows, chunk)`` with the in-memory reader's cleaning (float32, no duplicates or zeros).
+
+    With ``check``, each chunk is checked (and rounded) first, as the reader does it.
+    """
     for rows, block in row_chunks(X):
+        if check is not None:
+            block = check.chunk(block, rows)
         yield rows, to_csr_float32(block)
 
 
@@ -234,7 +247,7 @@ class _CellStats:
 
 
 def _cell_stats(
-    X: H5CSR, is_mito: np.ndarray, settings: dict[str, Any], source: str, hint: str | None
+    X: H5CSR, is_mito: np.ndarray, settings: dict[str, Any], check: ChunkedCountCheck
 ) -> _CellStats:
     n_cells, n_genes = X.shape
     has_mito = bool(is_mito.any())
@@ -244,8 +257,7 @@ def _cell_stats(
     gene_any = np.zeros(n_genes, dtype=np.float64)
     gene_in_passing = np.zeros(n_genes, dtype=np.float64)
     passing = np.zeros(n_cells, dtype=bool)
-    for rows, block in _chunks(X):
-        check_counts(block, source=source, hint=hint)
+    for rows, block in _chunks(X, check):
         r = np.repeat(np.arange(rows.size), np.diff(block.indptr))
         n_det[rows] = np.bincount(r, minlength=rows.size)
         totals[rows] = np.bincount(r, weights=block.data, minlength=rows.size)
@@ -431,8 +443,6 @@ def _seurat_v3(
     source: str,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Scanpy's ``highly_variable_genes(flavor="seurat_v3")``, per batch, from moments."""
-    from scanpy.preprocessing._highly_variable_genes import _sum_and_sum_squares_clipped
-
     genes = moments.genes
     n_top = int(settings["n_top_genes"])
     codes, n_batches = _batch_codes(plan)
@@ -577,8 +587,6 @@ def _write_elements(
     out: h5py.File, result: anndata.AnnData, obsm: dict[str, np.ndarray], writer: CSRWriter
 ) -> None:
     """An h5ad file as anndata writes it, with the counts from ``writer``."""
-    from anndata.io import write_elem
-
     write_elem(out, "obs", result.obs)
     write_elem(out, "var", result.var)
     write_elem(out, "obsm", obsm)
@@ -602,8 +610,6 @@ def _plot(
     settings: dict[str, Any],
     batch_key: str | None,
 ) -> None:
-    from scvae.plotting.qc import plot_qc
-
     fraction = None if stats.mito is None else mito_fraction(stats.mito, stats.totals)
     plot_qc(
         meta,

@@ -35,6 +35,10 @@ RESUMABLE_KEYS = ("checkpoint_every", "threads", "device")
 """Training settings that do not change what is computed: a checkpoint written under
 other values of them can still be resumed."""
 
+UNSET_UNHASHED_KEYS = ("max_cells", "warmup_cells", "val_every_cells", "val_max_cells")
+"""Training settings that enter the hash only when set (not 0): at 0 they train exactly as
+before they existed, so checkpoints and config hashes of earlier runs stay valid."""
+
 
 @dataclass
 class TrainState:
@@ -43,35 +47,50 @@ class TrainState:
     Attributes
     ----------
     epoch
-        Epochs completed.
+        Epochs started (completed, unless training stopped mid-epoch).
     step
         Optimizer steps taken (the KL schedule's clock).
+    cells_seen
+        Training cells seen, summed over steps.
     best_val
         Best validation ELBO so far (early stopping).
     bad_epochs
-        Epochs since the validation ELBO last improved by ``min_delta``.
+        Validations (epochs, with validation every epoch) since the validation ELBO last
+        improved by ``min_delta``.
     seconds
         Training time so far, summed over resumed runs.
     stopped_early
-        Whether early stopping ended training.
+        Whether training ended before ``max_epochs``: early stopping, or the
+        ``max_cells`` cap (``stop_reason`` says which).
+    stop_reason
+        Why training ended: ``"early_stopping"``, ``"max_cells"`` or ``"max_epochs"``;
+        ``""`` while it runs.
     aggressive
         Whether the aggressive phase may still run (it ends for good once the
         validation mutual information stops rising).
     best_val_mi
         Highest validation mutual information of the aggressive phase so far.
     history
-        One row per completed epoch.
+        One row per validation (per completed epoch, by default).
+    row_sums, row_cells
+        Sums of the training loss, ELBO, reconstruction and KL over the ``row_cells``
+        cells since the last history row, when validation is counted in cells (a row's
+        training means may span epochs); empty and 0 otherwise.
     """
 
     epoch: int = 0
     step: int = 0
+    cells_seen: int = 0
     best_val: float = -math.inf
     bad_epochs: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
+    stop_reason: str = ""
     aggressive: bool = True
     best_val_mi: float = -math.inf
     history: list[dict] = field(default_factory=list)
+    row_sums: list[float] = field(default_factory=list)
+    row_cells: int = 0
 
 
 def training_hash(
@@ -89,7 +108,8 @@ def training_hash(
     Parameters
     ----------
     model_cfg, cfg
-        Model and training settings (the :data:`RESUMABLE_KEYS` are left out).
+        Model and training settings (the :data:`RESUMABLE_KEYS` are left out, and the
+        :data:`UNSET_UNHASHED_KEYS` while they are 0).
     shape, nnz
         Shape and number of stored entries of the counts.
     module
@@ -106,7 +126,11 @@ def training_hash(
     str
         A short hex digest; a checkpoint resumes only a run with the same one.
     """
-    hashed = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
+    hashed = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in RESUMABLE_KEYS and not (k in UNSET_UNHASHED_KEYS and v == 0)
+    }
     # The parameter shapes too: a newer scvae may build other layers from the same settings,
     # and its checkpoint must then not be loaded.
     shapes = {k: list(v.shape) for k, v in module.state_dict().items()}

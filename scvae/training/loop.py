@@ -1,11 +1,11 @@
 """Fit a count VAE: minibatches from sparse counts, KL schedule, free bits, checkpoints.
 
-:func:`train` builds the run (data split, network, loaders, optimizer, objective,
+:func:`fit` builds the run (data split, network, loaders, optimizer, objective,
 schedule; resumed from a checkpoint when there is one), then trains epoch by epoch
 (:func:`train_epoch`, with the aggressive phase of :mod:`scvae.training.aggressive` and
 the calibrated dispersion of :mod:`scvae.training.calibration`), closes each epoch with
-validation, early stopping and a checkpoint, and returns the fitted
-:class:`~scvae.model.SCVAE`.
+validation, early stopping and a checkpoint, and returns the trained network with its
+record (:class:`FitResult`), which :class:`scvae.SCVAE` wraps.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,10 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from scvae.data.checks import check_counts_chunked
-from scvae.data.loaders import BLOCK_SIZE, CountBatches, counts_matrix
+from scvae.data.covariates import covariate_categories, covariate_codes
+from scvae.data.loaders import BLOCK_SIZE, CountBatches, counts_matrix, counts_source
 from scvae.data.ondisk import is_ondisk, row_sums
 from scvae.errors import InputError, TrainingError
-from scvae.model import SCVAE, covariate_categories, covariate_codes
 from scvae.module.config import VAEConfig
 from scvae.module.vae import VAE
 from scvae.training.aggressive import (
@@ -49,14 +49,14 @@ from scvae.training.checkpoint import (
     training_hash,
 )
 from scvae.training.objective import ElboTerms, FreeBitsELBO
-from scvae.training.schedules import KLSchedule
+from scvae.training.schedules import CellClock, KLSchedule
 from scvae.training.settings import TrainConfig, split_settings
 from scvae.utils.atomic import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
 MIN_CELLS = 2
-"""Fewest cells :func:`train` accepts: batch normalization needs 2 cells per batch.
+"""Fewest cells :func:`fit` accepts: batch normalization needs 2 cells per batch.
 
 The batch size adapts to small data (it is capped at the number of training cells, and
 a last batch of one cell joins the previous one), so any number of cells from this one
@@ -82,6 +82,34 @@ def split_cells(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+# A seed-sequence word that no epoch's shuffle ([seed, epoch]) uses.
+_VALIDATION_STREAM = 2**32 - 1
+
+
+def validation_subsample(val_idx: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
+    """The held-out cells that validation evaluates: all, or a fixed random subsample.
+
+    Parameters
+    ----------
+    val_idx
+        Rows of the held-out cells (sorted).
+    max_cells
+        Most cells to evaluate (0: all of them).
+    seed
+        Seed of the draw; the same seed gives the same cells, on every validation of
+        the run and on a resumed run.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted rows, a subset of ``val_idx`` of size ``min(max_cells, len(val_idx))``.
+    """
+    if max_cells <= 0 or len(val_idx) <= max_cells:
+        return val_idx
+    rng = np.random.default_rng([seed, _VALIDATION_STREAM])
+    return np.sort(rng.choice(val_idx, size=max_cells, replace=False))
+
+
 @dataclass
 class TrainingRun:
     """What :func:`train` builds before its first epoch, and the progress it makes.
@@ -96,17 +124,21 @@ class TrainingRun:
         Where the network and the batches live.
     train_idx, val_idx
         Rows of the training and validation cells.
+    val_rows
+        The validation cells that validation evaluates (:func:`validation_subsample`).
     module
         The network.
     train_loader, val_loader
-        Minibatches of the training cells (shuffled per epoch) and of the validation
-        cells (None when there are none).
+        Minibatches of the training cells (shuffled per epoch) and of ``val_rows``
+        (None when there are none).
     optimizer
         Adam over every parameter of the module.
     elbo
         The objective.
     schedule
         The KL weight per step.
+    clock
+        Cells seen after each step (converts the budget in cells into steps).
     run_hash
         :func:`~scvae.training.checkpoint.training_hash` of the run.
     checkpoint
@@ -123,20 +155,53 @@ class TrainingRun:
     device: torch.device
     train_idx: np.ndarray
     val_idx: np.ndarray
+    val_rows: np.ndarray
     module: VAE
     train_loader: CountBatches
     val_loader: CountBatches | None
     optimizer: torch.optim.Optimizer
     elbo: FreeBitsELBO
     schedule: KLSchedule
+    clock: CellClock
     run_hash: str
     checkpoint: Path | None
     state: TrainState
     covariates: np.ndarray | None = None
 
 
-def train(
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained network and the record of its training.
+
+    Attributes
+    ----------
+    module
+        The trained network, in evaluation mode.
+    train_config
+        The training settings.
+    history
+        One row per validation (per epoch unless ``val_every_cells`` says otherwise):
+        losses, KL weight, dispersion, steps and cells seen.
+    summary
+        Epochs and steps run, whether early stopping ended it, final losses, timings.
+    split
+        ``"train"`` or ``"validation"`` for each cell, in the data's order.
+    categories
+        Column -> categories of each covariate the model is conditioned on (the batch
+        first); empty for an unconditional model.
+    """
+
+    module: VAE
+    train_config: TrainConfig
+    history: pd.DataFrame
+    summary: dict
+    split: np.ndarray
+    categories: dict[str, list[str]]
+
+
+def fit(
     adata: AnnData,
+    settings: dict,
     *,
     batch_key: str | None = None,
     covariate_keys: tuple[str, ...] | list[str] = (),
@@ -144,20 +209,26 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
     source: str | None = None,
-    **settings,
-) -> SCVAE:
+) -> FitResult:
     """Fit a count VAE to the raw counts of ``adata``.
+
+    The user-facing way is :class:`scvae.SCVAE` (or :func:`scvae.train`), which fills the
+    settings from a preset and wraps the result.
 
     Parameters
     ----------
     adata
         Cells x genes with raw integer counts in ``layers[layer]`` (or ``X``).
+    settings
+        Model settings (:class:`~scvae.module.VAEConfig`) and training settings
+        (:class:`~scvae.training.settings.TrainConfig`) in one flat namespace; those
+        left out take the package defaults.
     batch_key
         obs column of each cell's batch (sample, plate, donor, ...); None: no batch.
     covariate_keys
         obs columns of other categorical covariates. With ``condition_on_batch`` (the
         default) the model is conditioned on the batch and these (a conditional VAE);
-        their categories, sorted, are recorded in :attr:`SCVAE.categories`.
+        their categories, sorted, are recorded in :attr:`FitResult.categories`.
     layer
         Layer holding the counts.
     checkpoint_dir
@@ -168,14 +239,11 @@ def train(
         Show a progress bar (None: only on a terminal).
     source
         What the data came from (a file name), for error messages; default: the layer.
-    **settings
-        Model settings (:class:`~scvae.module.VAEConfig`) and training settings
-        (:class:`~scvae.training.settings.TrainConfig`) in one flat namespace.
 
     Returns
     -------
-    SCVAE
-        The fitted model.
+    FitResult
+        The trained network and its record.
 
     Raises
     ------
@@ -188,7 +256,7 @@ def train(
         If the loss becomes NaN or infinite; the last good checkpoint is kept.
     """
     if source is None:
-        source = f"AnnData layer {layer!r}" if layer in adata.layers else "AnnData X"
+        source = f"AnnData {counts_source(adata, layer)}"
     X = _checked_counts(adata, layer, source)
     keys = ([batch_key] if batch_key is not None else []) + list(covariate_keys)
     # Checked even when unused (condition_on_batch false): a typo should not pass silently.
@@ -236,13 +304,21 @@ def train(
             break
     bar.close()
     run.module.eval()
-    return _fitted_model(run, adata, batch_key, tuple(covariate_keys), categories)
+    return _fit_result(run, categories)
 
 
 def _checked_counts(adata: AnnData, layer: str | None, source: str) -> sp.csr_matrix:
-    """The raw counts of ``adata``, checked to be counts of at least :data:`MIN_CELLS` cells."""
-    X = counts_matrix(adata, layer)
-    check_counts_chunked(X, source=source)
+    """The raw counts of ``adata``, checked to be counts of at least :data:`MIN_CELLS` cells.
+
+    Values within float rounding of an integer come back rounded (a copy in memory, rounded
+    as read on disk), so that training sees integers; ``adata`` is left as it is.
+    """
+    X = check_counts_chunked(
+        counts_matrix(adata, layer),
+        source=source,
+        obs_names=adata.obs_names,
+        var_names=adata.var_names,
+    )
     if X.shape[0] < MIN_CELLS:
         raise InputError(
             f"{source}: {X.shape[0]} cell(s); training needs at least {MIN_CELLS} (batch "
@@ -310,9 +386,10 @@ def build_run(
         block_size=block_size,
         covariates=covariates,
     )
+    val_rows = validation_subsample(val_idx, cfg.val_max_cells, cfg.seed)
     val_loader = (
-        CountBatches(X, val_idx, max(cfg.batch_size, 1024), covariates=covariates)
-        if len(val_idx)
+        CountBatches(X, val_rows, max(cfg.batch_size, 1024), covariates=covariates)
+        if len(val_rows)
         else None
     )
 
@@ -323,13 +400,16 @@ def build_run(
     optimizer = torch.optim.Adam(
         module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, foreach=True
     )
+    # Every epoch has the same batch sizes: a budget in cells is a known number of steps.
+    clock = CellClock([len(rows) for rows in train_loader.batches(0)])
     schedule = KLSchedule(
         kind=cfg.kl_schedule,
         beta=cfg.beta,
-        total_steps=cfg.max_epochs * len(train_loader),
+        total_steps=clock.planned_steps(cfg.max_epochs, cfg.max_cells),
         warmup_fraction=cfg.warmup_fraction,
         n_cycles=cfg.n_cycles,
         ratio=cfg.cycle_ratio,
+        max_warmup_steps=clock.steps_to(cfg.warmup_cells) if cfg.warmup_cells else 0,
     )
     run_hash = training_hash(
         model_cfg, cfg, X.shape, X.nnz, module, block_size, covariates, categories or None
@@ -339,18 +419,30 @@ def build_run(
         # A kill while a checkpoint was being written leaves its temporary file behind.
         remove_stale_temps(ckpt)
     state = (ckpt and load_checkpoint(ckpt, module, optimizer, run_hash, device)) or TrainState()
+    if cfg.val_every_cells >= clock.cells_per_epoch:
+        # An epoch comes first: validate once per epoch, as without a cadence, so that a
+        # small dataset trains as it did before the cadence in cells existed.
+        cfg = replace(cfg, val_every_cells=0)
+    if state.step and not state.cells_seen:
+        # A checkpoint from before cells were counted: its rows and its end were epoch
+        # ends, so the steps tell the cells.
+        state.cells_seen = clock.cells_at(state.step)
+        for row in state.history:
+            row.setdefault("cells_seen", clock.cells_at(row["step"]))
     return TrainingRun(
         X=X,
         cfg=cfg,
         device=device,
         train_idx=train_idx,
         val_idx=val_idx,
+        val_rows=val_rows,
         module=module,
         train_loader=train_loader,
         val_loader=val_loader,
         optimizer=optimizer,
         elbo=FreeBitsELBO(free_bits=cfg.free_bits),
         schedule=schedule,
+        clock=clock,
         run_hash=run_hash,
         checkpoint=ckpt,
         state=state,
@@ -382,7 +474,12 @@ def _build_module(
 
 
 def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, float]:
-    """One pass over the training cells.
+    """One pass over the training cells, or less when training ends within it.
+
+    With ``val_every_cells`` set, each step that brings the cells seen to the next
+    multiple of it validates: a history row, and a count for early stopping. The epoch
+    ends at the step where early stopping or the ``max_cells`` cap ends training
+    (``run.state.stopped_early``); :func:`end_epoch` closes it either way.
 
     Parameters
     ----------
@@ -397,16 +494,22 @@ def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, flo
     Returns
     -------
     dict
-        Means per cell over the epoch: ``train_loss``, ``train_elbo``, ``train_recon``,
-        ``train_kl``.
+        Means per cell over the epoch's steps: ``train_loss``, ``train_elbo``,
+        ``train_recon``, ``train_kl``.
 
     Raises
     ------
     TrainingError
         If the loss is NaN or infinite.
     """
+    state, cfg = run.state, run.cfg
+    started = time.perf_counter()
     sums = np.zeros(4)
     n = 0
+    every = cfg.val_every_cells
+    # Training sums since the last history row: a row's span may cross epochs.
+    row = np.asarray(state.row_sums, dtype=float) if state.row_sums else np.zeros(4)
+    next_row = _next_validation(state, every)
     run.module.train()
     inner = encoder_batches(run.train_loader, epoch, run.device) if aggressive else None
     for x, c in run.train_loader.epoch(epoch, run.device):
@@ -414,15 +517,59 @@ def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, flo
         with torch.no_grad():
             b = x.shape[0]
             kl = t.kl_per_dim.sum(-1) + t.kl_other
-            sums += [
+            terms = [
                 loss.item() * b,
                 t.elbo.sum().item(),
                 t.recon.sum().item(),
                 kl.sum().item(),
             ]
-            n += b
+        sums += terms
+        n += b
+        if every:
+            row += terms
+            state.row_cells += b
+            if state.cells_seen >= next_row:
+                seconds = state.seconds + time.perf_counter() - started
+                _record_validation(run, epoch, _means(row, state.row_cells), aggressive, seconds)
+                row[:], state.row_cells = 0.0, 0
+                next_row = _next_validation(state, every)
+        if cfg.max_cells and state.cells_seen >= cfg.max_cells and not state.stopped_early:
+            state.stopped_early, state.stop_reason = True, "max_cells"
+            log.info("stopping at the cap of %d cells seen (step %d)", cfg.max_cells, state.step)
+        if state.stopped_early:
+            break
+    if every:
+        state.row_sums = row.tolist()
+    return _means(sums, n)
+
+
+def _means(sums: np.ndarray, n: int) -> dict[str, float]:
+    """Training means per cell from the sums of :func:`train_epoch` over ``n`` cells."""
     keys = ("train_loss", "train_elbo", "train_recon", "train_kl")
-    return dict(zip(keys, (sums / n).tolist(), strict=True))
+    return dict(zip(keys, (sums / max(n, 1)).tolist(), strict=True))
+
+
+def _next_validation(state: TrainState, every: int) -> int:
+    """The cells seen at which the next validation is due, ``every`` cells apart.
+
+    Parameters
+    ----------
+    state
+        Training progress; its last history row holds the cells seen at the last
+        validation.
+    every
+        ``val_every_cells`` (0: validation only at the end of each epoch).
+
+    Returns
+    -------
+    int
+        The next multiple of ``every`` after the last validation (a step that passes
+        several multiples validates once); never reached when ``every`` is 0.
+    """
+    if not every:
+        return np.iinfo(np.int64).max
+    last = state.history[-1]["cells_seen"] if state.history else 0
+    return (last // every + 1) * every
 
 
 def _train_step(
@@ -457,13 +604,18 @@ def _train_step(
     if cfg.calibrated_dispersion:
         calibrate_dispersion(module, x, c)
     state.step += 1
+    state.cells_seen += x.shape[0]
     return loss, t
 
 
 def end_epoch(
     run: TrainingRun, epoch: int, aggressive: bool, means: dict[str, float], started: float
 ) -> None:
-    """Close an epoch: validate, record it, check early stopping, write a checkpoint.
+    """Close an epoch: validate and record it, check early stopping, write a checkpoint.
+
+    With validation every ``val_every_cells`` cells, the epoch gets no row of its own
+    (:func:`train_epoch` validated within it), except a last one when training ends
+    here and its last step has none yet.
 
     Parameters
     ----------
@@ -479,18 +631,71 @@ def end_epoch(
         ``time.perf_counter()`` at the start of the epoch.
     """
     state, cfg = run.state, run.cfg
-    val = _evaluate(run.module, run.elbo, run.val_loader, run.device) if run.val_loader else {}
+    ending = state.stopped_early or epoch + 1 >= cfg.max_epochs
+    row_means = None
+    if not cfg.val_every_cells:
+        row_means = means
+    elif ending and state.row_cells:
+        row_means = _means(np.asarray(state.row_sums, dtype=float), state.row_cells)
+        state.row_sums, state.row_cells = [], 0
+    val = _validate(run) if row_means is not None else {}
     if aggressive:
-        rows = run.val_idx if len(run.val_idx) else run.train_idx
+        rows = run.val_rows if len(run.val_rows) else run.train_idx
         update_aggressive_phase(
             state, run.module, run.X, rows, max(cfg.batch_size, 1024), epoch, run.covariates
         )
     state.seconds += time.perf_counter() - started
     state.epoch = epoch + 1
+    if row_means is not None:
+        _append_row(run, epoch, row_means, val, aggressive, state.seconds)
+    if state.epoch == cfg.max_epochs and not state.stop_reason:
+        state.stop_reason = "max_epochs"
+    last = state.epoch == cfg.max_epochs or state.stopped_early
+    if run.checkpoint is not None and (state.epoch % cfg.checkpoint_every == 0 or last):
+        save_checkpoint(run.checkpoint, run.module, run.optimizer, state, run.run_hash)
+
+
+def _record_validation(
+    run: TrainingRun, epoch: int, means: dict[str, float], aggressive: bool, seconds: float
+) -> None:
+    """Validate now: a history row, and early stopping (only once the warm-up has ended).
+
+    Parameters
+    ----------
+    run
+        The run; its state gets the row.
+    epoch
+        The epoch in progress (0-based).
+    means
+        Training means per cell since the last row.
+    aggressive
+        Whether the epoch is in the aggressive phase.
+    seconds
+        Training time so far.
+    """
+    _append_row(run, epoch, means, _validate(run), aggressive, seconds)
+
+
+def _validate(run: TrainingRun) -> dict[str, float]:
+    """The validation means (:func:`_evaluate`) of the run's validation cells, if any."""
+    return _evaluate(run.module, run.elbo, run.val_loader, run.device) if run.val_loader else {}
+
+
+def _append_row(
+    run: TrainingRun,
+    epoch: int,
+    means: dict[str, float],
+    val: dict[str, float],
+    aggressive: bool,
+    seconds: float,
+) -> None:
+    """Add a history row at the current step; count it for early stopping after the warm-up."""
+    state, cfg = run.state, run.cfg
     state.history.append(
         {
-            "epoch": state.epoch,
+            "epoch": epoch + 1,
             "step": state.step,
+            "cells_seen": state.cells_seen,
             "kl_weight": run.schedule(max(state.step - 1, 0)),
             **means,
             "val_elbo": val.get("elbo", math.nan),
@@ -498,14 +703,11 @@ def end_epoch(
             "val_kl": val.get("kl", math.nan),
             "theta_median": _theta_median(run.module),
             "aggressive": aggressive,
-            "seconds": state.seconds,
+            "seconds": seconds,
         }
     )
     if cfg.early_stopping and val and state.step >= run.schedule.warmup_steps:
         _update_early_stopping(state, cfg, val["elbo"])
-    last = state.epoch == cfg.max_epochs or state.stopped_early
-    if run.checkpoint is not None and (state.epoch % cfg.checkpoint_every == 0 or last):
-        save_checkpoint(run.checkpoint, run.module, run.optimizer, state, run.run_hash)
 
 
 def _evaluate(
@@ -531,24 +733,61 @@ def _theta_median(module: VAE) -> float:
 
 
 def _update_early_stopping(state: TrainState, cfg: TrainConfig, val_elbo: float) -> None:
-    """Count an epoch without improvement of the validation ELBO; stop after ``patience``."""
+    """Count a validation without improvement of the ELBO; stop after ``patience`` of them."""
     if val_elbo > state.best_val + cfg.min_delta:
         state.best_val, state.bad_epochs = val_elbo, 0
         return
     state.bad_epochs += 1
-    if state.bad_epochs >= cfg.patience:
-        state.stopped_early = True
-        log.info("early stopping after epoch %d (val ELBO %.2f)", state.epoch, val_elbo)
+    if state.bad_epochs >= cfg.patience and not state.stopped_early:
+        state.stopped_early, state.stop_reason = True, "early_stopping"
+        log.info(
+            "early stopping at step %d, %d cells seen (val ELBO %.2f)",
+            state.step,
+            state.cells_seen,
+            val_elbo,
+        )
 
 
-def _fitted_model(
-    run: TrainingRun,
-    adata: AnnData,
-    batch_key: str | None,
-    covariate_keys: tuple[str, ...],
-    categories: dict[str, list[str]],
-) -> SCVAE:
-    """The fitted model with its history, summary, each cell's split and its covariates."""
+def budget_summary(run: TrainingRun) -> dict:
+    """Where training stopped, in steps and cells, relative to the end of the KL warm-up.
+
+    For the model's summary (``uns["scvae"]["train"]["summary"]``).
+
+    Parameters
+    ----------
+    run
+        The run, after training.
+
+    Returns
+    -------
+    dict
+        ``steps``, ``cells_seen``, ``epochs_seen`` (cells seen over the training cells),
+        ``warmup_end_step`` and ``warmup_end_cells`` (the first step, and the cells seen
+        by then, from which the KL weight stays at beta; 0 for a constant weight),
+        ``stopped_after_warmup_cells`` and ``stopped_after_warmup_epochs`` (how far past
+        that training went; negative when it ended before the warm-up did),
+        ``stop_reason`` (``early_stopping``, ``max_cells``, ``max_epochs``; ``""`` if it
+        has not ended) and ``stopped_early`` (whether early stopping ended it).
+    """
+    state = run.state
+    warmup_step = run.schedule.warmup_steps
+    warmup_cells = run.clock.cells_at(warmup_step)
+    per_epoch = run.clock.cells_per_epoch
+    return {
+        "steps": state.step,
+        "cells_seen": state.cells_seen,
+        "epochs_seen": state.cells_seen / per_epoch,
+        "warmup_end_step": warmup_step,
+        "warmup_end_cells": warmup_cells,
+        "stopped_after_warmup_cells": state.cells_seen - warmup_cells,
+        "stopped_after_warmup_epochs": (state.cells_seen - warmup_cells) / per_epoch,
+        "stop_reason": state.stop_reason,
+        "stopped_early": state.stop_reason == "early_stopping",
+    }
+
+
+def _fit_result(run: TrainingRun, categories: dict[str, list[str]]) -> FitResult:
+    """The trained network with its history, summary, each cell's split and its covariates."""
     state = run.state
     history = pd.DataFrame(state.history)
     final = state.history[-1] if state.history else {}
@@ -566,16 +805,8 @@ def _fitted_model(
         "device": str(run.device),
         "config_hash": run.run_hash,
     }
+    # Steps, cells seen, and where training stopped relative to the KL warm-up.
+    summary.update(budget_summary(run))
     split = np.full(run.X.shape[0], "train", dtype=object)
     split[run.val_idx] = "validation"
-    return SCVAE(
-        run.module,
-        run.cfg,
-        list(map(str, adata.var_names)),
-        history,
-        summary,
-        split,
-        batch_key=batch_key,
-        covariate_keys=covariate_keys,
-        categories=categories,
-    )
+    return FitResult(run.module, run.cfg, history, summary, split, categories)

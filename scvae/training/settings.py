@@ -20,6 +20,12 @@ class TrainConfig:
     ----------
     max_epochs
         Upper bound on passes over the training cells.
+    max_cells
+        Upper bound on the training cells seen, summed over epochs (0: ``max_epochs``
+        only). Training ends at the first step that reaches it, mid-epoch if need be.
+        A budget in cells is the same amount of optimizer work at any dataset size, so
+        a large dataset trains for fewer epochs (scvi-tools' rule of
+        ``min(400, 8e6 / cells)`` epochs is about 8 million cells seen).
     batch_size
         Cells per minibatch (capped at the number of training cells); at least 2, since
         batch normalization needs 2 cells per batch.
@@ -32,7 +38,15 @@ class TrainConfig:
     kl_schedule
         ``constant``, ``linear``, ``sigmoid`` or ``cyclical`` (see :mod:`scvae.training.schedules`).
     warmup_fraction
-        Share of all steps of the linear/sigmoid warm-up.
+        Share of all planned steps (``max_epochs``, or fewer under ``max_cells``) of the
+        linear/sigmoid warm-up.
+    warmup_cells
+        Longest linear/sigmoid warm-up in training cells seen (0: no bound). The warm-up
+        ends after ``min(warmup_fraction x planned steps, S)`` steps, with ``S`` the
+        first step at which ``warmup_cells`` cells have been seen: the same number of
+        cells whatever the batch size, so a large dataset warms up in fewer epochs,
+        while a dataset too small to see that many cells keeps its ``warmup_fraction``
+        (a warm-up it can finish within ``max_epochs``).
     n_cycles, cycle_ratio
         Cyclical schedule settings.
     free_bits
@@ -57,9 +71,19 @@ class TrainConfig:
         minibatch) and a learned NB/ZINB dispersion.
     val_fraction
         Share of cells held out for validation and early stopping.
+    val_every_cells
+        Validate each time training has seen another ``val_every_cells`` cells (at the
+        first step that reaches each multiple of it, mid-epoch if need be), and once more
+        when training ends; 0, or a value of at least one epoch's training cells: at the
+        end of every epoch. Each validation is a row of the history.
+    val_max_cells
+        Validate on a fixed random subsample of at most this many of the held-out cells,
+        drawn once from ``seed`` (0: all of them). The held-out cells stay out of
+        training either way.
     early_stopping, patience, min_delta
         Stop when the validation ELBO has not improved by ``min_delta`` for ``patience``
-        epochs; only counted once the KL warm-up has ended.
+        validations (epochs, when ``val_every_cells`` is 0); only counted once the KL
+        warm-up has ended.
     seed
         Seed for the split, the batches, torch, numpy and Pyro.
     device
@@ -71,6 +95,7 @@ class TrainConfig:
     """
 
     max_epochs: int = 150
+    max_cells: int = 0
     batch_size: int = 512
     lr: float = 4e-3
     weight_decay: float = 1e-6
@@ -79,6 +104,7 @@ class TrainConfig:
     beta: float = 1.0
     kl_schedule: str = "constant"
     warmup_fraction: float = 0.0
+    warmup_cells: int = 0
     n_cycles: int = 4
     cycle_ratio: float = 0.5
     free_bits: float = 0.0
@@ -86,6 +112,8 @@ class TrainConfig:
     aggressive_steps: int = 20
     calibrated_dispersion: bool = False
     val_fraction: float = 0.1
+    val_every_cells: int = 0
+    val_max_cells: int = 0
     early_stopping: bool = True
     patience: int = 20
     min_delta: float = 0.0
@@ -97,6 +125,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = {
             "max_epochs": (self.max_epochs >= 1, "must be >= 1"),
+            "max_cells": (self.max_cells >= 0, "must be >= 0 (0: max_epochs only)"),
             "batch_size": (
                 self.batch_size >= 2,
                 "must be >= 2 (batch normalization needs 2 cells per batch)",
@@ -111,6 +140,9 @@ class TrainConfig:
             "aggressive_steps": (self.aggressive_steps >= 1, "must be >= 1"),
             "val_fraction": (0 <= self.val_fraction < 1, "must be in [0, 1)"),
             "warmup_fraction": (0 <= self.warmup_fraction <= 1, "must be in [0, 1]"),
+            "warmup_cells": (self.warmup_cells >= 0, "must be >= 0 (0: warmup_fraction only)"),
+            "val_every_cells": (self.val_every_cells >= 0, "must be >= 0 (0: every epoch)"),
+            "val_max_cells": (self.val_max_cells >= 0, "must be >= 0 (0: all held-out cells)"),
             "n_cycles": (self.n_cycles >= 1, "must be >= 1"),
             "cycle_ratio": (0 < self.cycle_ratio <= 1, "must be in (0, 1]"),
             "patience": (self.patience >= 1, "must be >= 1"),
@@ -143,8 +175,8 @@ TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 def default_settings() -> dict:
     """Every model and training setting at its default, the one source of defaults.
 
-    The workflow's schema (``config/config.schema.yaml``) repeats these values as its
-    ``default:`` entries; ``tests/training/test_settings.py`` holds the two equal.
+    The workflow completes each run's settings with these
+    (:func:`scvae.config.resolve_variant`); its schema states no defaults of its own.
 
     Returns
     -------

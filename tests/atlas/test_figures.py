@@ -39,7 +39,7 @@ def make_record(
     theta: float | None = 5.0,
     n_epochs: int = 5,
 ) -> dict:
-    """A run record with every key of :func:`scvae.atlas.runs.run_atlas_job`.
+    """A run record with every key of :func:`scvae.atlas.jobs.run_atlas_job`.
 
     ``strength`` in [0, 1] goes from a collapsed run (0) to a healthy one (1).
     """

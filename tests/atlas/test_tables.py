@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scvae.atlas.tables import COLLAPSE_MI, collect, is_collapsed, remedy_table, summarize
+from scvae.atlas.tables import collect, remedy_table, summarize
 
 
 def test_remedy_table_picks_the_best_remedy_and_checks_the_tolerance():
@@ -46,10 +46,15 @@ def test_remedy_table_picks_the_best_remedy_and_checks_the_tolerance():
     assert table.loc["m", "collapse_n_collapsed"] == 2
 
 
-def test_is_collapsed_is_low_mi_or_no_active_unit():
-    mi = np.array([COLLAPSE_MI / 2, 2.0, 2.0, COLLAPSE_MI])
-    active = np.array([3, 3, 0, 3])
-    assert is_collapsed(mi, active).tolist() == [True, False, True, False]
+def test_collect_flags_collapse_by_the_verdict_and_by_its_scalars_without_one(small_records):
+    # MI and active units above the thresholds, but total KL below: the verdict's call.
+    low_kl = {**small_records[2], "mi": 0.12, "kl_total": 0.09, "active_units": 1}
+    records = [
+        {**low_kl, "verdict": "collapsed"},
+        {**low_kl, "seed": 1},  # no verdict recorded: the same tests, on the scalars
+        {**low_kl, "seed": 2, "verdict": "partial collapse"},
+    ]
+    assert collect(records)["collapsed"].tolist() == [True, True, False]
 
 
 def test_collect_orders_runs_and_measures_them_against_the_healthy_mean(small_records):

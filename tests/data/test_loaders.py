@@ -1,13 +1,49 @@
-"""Minibatch loaders: the block shuffle covers every row once and reads windows."""
+"""Where the counts are (the one accessor), and minibatch loaders: the block shuffle."""
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
 
-from scvae.data.loaders import CountBatches
+from scvae.data.h5ad import read_h5ad
+from scvae.data.loaders import (
+    CountBatches,
+    counts_data,
+    counts_layer,
+    counts_matrix,
+    counts_source,
+)
 from scvae.data.ondisk import H5CSR
+
+
+def test_the_counts_are_the_layer_when_present_else_x():
+    X = np.arange(6, dtype=np.float32).reshape(3, 2)
+    plain = ad.AnnData(X=X)
+    layered = ad.AnnData(X=X / 2, layers={"counts": sparse.csr_matrix(X), "raw": X + 1})
+    assert counts_layer(layered) == "counts" and counts_source(layered) == "layers['counts']"
+    assert counts_layer(plain) is None and counts_source(plain) == "X"
+    assert (
+        counts_layer(layered, "raw") == "raw" and counts_source(layered, "raw") == "layers['raw']"
+    )
+    assert counts_layer(layered, "absent") is None and counts_layer(layered, None) is None
+    assert counts_data(layered) is layered.layers["counts"] and counts_data(plain) is plain.X
+    assert counts_data(layered, None) is layered.X  # None asks for X
+    assert counts_data(ad.AnnData(obs={"a": [1, 2]})) is None
+    csr = counts_matrix(layered)
+    assert sparse.isspmatrix_csr(csr) and np.array_equal(csr.toarray(), X)
+    assert np.array_equal(counts_matrix(plain).toarray(), X)
+
+
+def test_backed_counts_stay_on_disk(h5_counts):
+    path, a = h5_counts
+    backed = read_h5ad(path, backed=True)
+    assert counts_source(backed) == "layers['counts']"
+    X = counts_matrix(backed)
+    assert isinstance(X, H5CSR)
+    assert np.array_equal(X[np.arange(5)].toarray(), a.layers["counts"][:5].toarray())
 
 
 def test_block_shuffle_covers_every_row_once_and_reads_windows(h5_counts):

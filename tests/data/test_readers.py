@@ -125,9 +125,13 @@ def test_xy_h5_real(shared_data, name, shape, n_labels):
         assert labels.iloc[3] == str(int(f["Y"][3]))
 
 
-def test_bundled_pbmc_matches_shared(shared_data):
-    bundled = Path(__file__).resolve().parents[2] / "resources" / "pbmc4k" / "pbmc4k_top2000.h5"
-    assert bundled.read_bytes() == (shared_data / "pbmc4k_top2000.h5").read_bytes()
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [("pbmc4k", "pbmc4k_top2000.h5"), ("kang", "kang_ifnb_2conditions_counts.h5ad")],
+)
+def test_bundled_data_match_shared(shared_data, folder, name):
+    bundled = Path(__file__).resolve().parents[2] / "resources" / folder / name
+    assert bundled.read_bytes() == (shared_data / name).read_bytes()
 
 
 # --------------------------------------------------------- small written files
@@ -515,3 +519,19 @@ def test_xy_reader_round_trips_any_count_matrix(X, transpose, labelled):
         assert list(adata.obs["label"]) == [str(v) for v in y]
     else:
         assert "label" not in adata.obs
+
+
+def test_counts_that_went_through_float32_are_read_rounded(tmp_path):
+    X = np.array([[1, 2.0000002, 0], [3, 20_000_000, 5.0000005]], dtype=np.float32)
+    obs, var = pd.DataFrame(index=["c1", "c2"]), pd.DataFrame(index=["g1", "g2", "g3"])
+    path = tmp_path / "floaty.h5ad"
+    anndata.AnnData(X=X, obs=obs, var=var).write_h5ad(path)
+    with pytest.warns(UserWarning) as record:
+        adata = read_counts(path)
+    messages = [str(w.message) for w in record]
+    assert messages[0].startswith(f"{path}: rounded 2 value(s)")
+    assert messages[1].startswith(f"{path}: 1 count(s) above 10,000,000")
+    assert "the largest 20,000,000 in cell 'c2', gene 'g2'" in messages[1]
+    want = [[1, 2, 0], [3, 20_000_000, 5]]
+    np.testing.assert_array_equal(dense(adata), want)
+    np.testing.assert_array_equal(adata.layers["counts"].toarray(), want)

@@ -78,15 +78,17 @@ def tiny_counts():
 def cellbench_models(cellbench):
     """CellBench's 500 most expressed genes and two 5-epoch models of it: without and with
     the batch (``(adata, {"unconditional": model, "conditional": model})``)."""
-    from scvae.training.loop import train
+    from scvae.model import train
 
     adata = cellbench.copy()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     settings = dict(n_latent=6, n_hidden=64, batch_size=128, max_epochs=5, progress=False)
     models = {
-        "unconditional": train(adata, **settings),
-        "conditional": train(adata, batch_key="batch", dispersion="gene-batch", **settings),
+        "unconditional": train(adata, preset=None, **settings),
+        "conditional": train(
+            adata, preset=None, batch_key="batch", dispersion="gene-batch", **settings
+        ),
     }
     torch.set_num_threads(threads)
     return adata, models

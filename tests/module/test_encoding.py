@@ -83,7 +83,7 @@ def test_get_latent_is_encode_in_float32():
     X = _counts()
     adata = anndata.AnnData(X)
     adata.var_names = [f"g{i}" for i in range(12)]
-    model = SCVAE(module, TrainConfig(), list(adata.var_names))
+    model = SCVAE.from_module(module, TrainConfig(), list(adata.var_names))
     loc, scale = model.get_latent(adata, batch_size=6, return_scale=True)
     expected = encode(module, X, batch_size=6)
     assert loc.dtype == scale.dtype == np.float32

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from scvae.diagnostics.run import FIGURE_NAMES
+from scvae.diagnostics.suite import FIGURE_NAMES
 from scvae.plotting.diagnostics import plot_diagnostics
 
 

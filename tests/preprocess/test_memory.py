@@ -366,3 +366,21 @@ def test_bad_batch_and_covariate_columns(counts_300):
     with pytest.raises(InputError, match=r"covariate 'donor': 1 of 300 cells .*cell 'c4'"):
         preprocess(counts_300, covariate_keys=["donor"])
     assert counts_300.shape == (300, 40)
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_counts_that_went_through_float32_are_filtered_rounded(small_counts, copy):
+    want = pd.DataFrame(
+        small_counts.X.toarray(), index=small_counts.obs_names, columns=small_counts.var_names
+    )
+    X = small_counts.X.copy()
+    X.data = np.nextafter(X.data, np.float32(np.inf))  # one float32 step above each count
+    small_counts.X = X
+    with pytest.warns(UserWarning, match=rf"rounded {X.nnz} value\(s\)"):
+        out = preprocess(small_counts, n_top_genes=None, copy=copy)
+    result = out if copy else small_counts
+    kept = want.loc[result.obs_names, result.var_names].to_numpy()
+    np.testing.assert_array_equal(result.X.toarray(), kept)
+    np.testing.assert_array_equal(result.layers["counts"].toarray(), kept)
+    if copy:  # the caller's AnnData keeps its values
+        assert small_counts.X is X and (X.data != np.round(X.data)).all()

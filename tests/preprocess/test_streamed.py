@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
+from scvae.data.ondisk import row_chunks
 from scvae.data.synthetic import synthetic_counts
 from scvae.errors import InputError
-from scvae.preprocess.run import run_preprocess
 from scvae.preprocess.streamed import preprocess_h5ad_backed
+from scvae.stages.preprocess import run_preprocess
 
 
 def _messy_h5ad(path, *, batches=False):
@@ -149,3 +150,30 @@ def test_streamed_preprocessing_errors_like_the_in_memory_path(tmp_path):
     with pytest.raises(InputError, match="has no layer 'raw'"):
         preprocess_h5ad_backed(tmp_path / "in.h5ad", tmp_path / "o.h5ad", layer="raw")
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_streamed_counts_that_went_through_float32_are_written_rounded(tmp_path, monkeypatch):
+    a = synthetic_counts(300, 60, seed=1)
+    a.write_h5ad(tmp_path / "int.h5ad")
+    a.X.data = np.nextafter(a.X.data.astype(np.float32), np.float32(np.inf))
+    a.write_h5ad(tmp_path / "float.h5ad")
+    # Several chunks: one warning for all of them, and every pass reads rounded counts.
+    nnz = a.X.nnz
+    monkeypatch.setattr(
+        "scvae.preprocess.streamed.row_chunks",
+        lambda X, rows=None: row_chunks(X, rows, chunk_nnz=nnz // 5),
+    )
+    settings = {"n_top_genes": 20, "min_counts": 200}
+    with pytest.warns(UserWarning) as record:
+        preprocess_h5ad_backed(tmp_path / "float.h5ad", tmp_path / "f.h5ad", **settings)
+    assert [str(w.message).split(" value(s)")[0] for w in record] == [
+        f"{tmp_path / 'float.h5ad'}: rounded {nnz}"
+    ]
+    preprocess_h5ad_backed(tmp_path / "int.h5ad", tmp_path / "i.h5ad", **settings)
+    rounded, integer = (
+        anndata.read_h5ad(tmp_path / "f.h5ad"),
+        anndata.read_h5ad(tmp_path / "i.h5ad"),
+    )
+    assert rounded.shape == integer.shape and (rounded.X != integer.X).nnz == 0
+    pd.testing.assert_frame_equal(rounded.obs, integer.obs)
+    pd.testing.assert_frame_equal(rounded.var, integer.var)

@@ -29,32 +29,3 @@ def pbmc_small(shared_data) -> anndata.AnnData:
     adata.layers["counts"] = X.copy()
     adata.obs["label"] = y[keep].astype(str)
     return adata
-
-
-def two_batch_counts(n: int = 240, n_genes: int = 40, seed: int = 1) -> anndata.AnnData:
-    """Synthetic clustered counts in two batches: a third of the genes x4 in batch "b".
-
-    Also a second covariate, ``obs["donor"]`` (3 categories), and the counts in
-    ``layers["counts"]``.
-    """
-    import pandas as pd
-
-    from scvae.data.synthetic import synthetic_counts
-
-    adata = synthetic_counts(n, n_genes, seed=seed)
-    rng = np.random.default_rng(seed)
-    batch = np.array(["a", "b"])[np.arange(n) % 2]
-    X = adata.X.toarray()
-    genes = rng.choice(n_genes, n_genes // 3, replace=False)
-    X[np.ix_(batch == "b", genes)] *= 4
-    adata.X = sparse.csr_matrix(X)
-    adata.layers["counts"] = adata.X.copy()
-    adata.obs["batch"] = pd.Categorical(batch)
-    adata.obs["donor"] = pd.Categorical(np.array(["d1", "d2", "d3"])[rng.integers(0, 3, n)])
-    return adata
-
-
-@pytest.fixture
-def two_batches() -> anndata.AnnData:
-    """:func:`two_batch_counts` with its defaults (240 cells, 40 genes)."""
-    return two_batch_counts()

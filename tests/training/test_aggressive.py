@@ -9,6 +9,7 @@ import torch
 from scipy import sparse
 
 from scvae.data.loaders import CountBatches
+from scvae.model import train
 from scvae.module.config import VAEConfig
 from scvae.module.vae import VAE
 from scvae.training.aggressive import (
@@ -18,7 +19,6 @@ from scvae.training.aggressive import (
     update_aggressive_phase,
 )
 from scvae.training.checkpoint import TrainState
-from scvae.training.loop import train
 from scvae.training.objective import FreeBitsELBO
 from scvae.training.settings import TrainConfig
 
@@ -95,6 +95,7 @@ def test_the_phase_ends_for_good_once_the_mi_stops_rising(monkeypatch):
 def test_aggressive_phase_runs_and_ends(small_counts):
     model = train(
         small_counts,
+        preset=None,
         n_latent=3,
         n_hidden=16,
         max_epochs=6,
@@ -114,6 +115,6 @@ def test_aggressive_phase_runs_and_ends(small_counts):
 
 def test_aggressive_off_is_bit_identical_to_the_plain_loop(small_counts):
     kw = dict(n_latent=3, n_hidden=16, max_epochs=2, batch_size=20, progress=False)
-    a = train(small_counts, **kw)
-    b = train(small_counts, aggressive_epochs=0, aggressive_steps=3, **kw)
+    a = train(small_counts, preset=None, **kw)
+    b = train(small_counts, preset=None, aggressive_epochs=0, aggressive_steps=3, **kw)
     assert np.array_equal(a.get_latent(small_counts), b.get_latent(small_counts))

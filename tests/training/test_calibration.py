@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from scvae.model import train
 from scvae.module.config import VAEConfig
 from scvae.module.vae import VAE
 from scvae.training.calibration import (
@@ -15,7 +16,6 @@ from scvae.training.calibration import (
     check_calibration,
     freeze_dispersion,
 )
-from scvae.training.loop import train
 
 
 def test_calibrated_dispersion_moves_log_theta_to_the_moment_estimate(small_counts):
@@ -49,12 +49,19 @@ def test_only_a_learned_per_gene_dispersion_can_be_calibrated(options):
 
 def test_calibrated_dispersion_needs_a_learned_gene_dispersion(small_counts):
     with pytest.raises(ValueError, match="calibrated_dispersion=True needs"):
-        train(small_counts, likelihood="poisson", calibrated_dispersion=True, max_epochs=1)
+        train(
+            small_counts,
+            preset=None,
+            likelihood="poisson",
+            calibrated_dispersion=True,
+            max_epochs=1,
+        )
 
 
 def test_calibrated_training_keeps_theta_out_of_the_optimizer(small_counts):
     model = train(
         small_counts,
+        preset=None,
         n_latent=3,
         n_hidden=16,
         max_epochs=3,
@@ -99,6 +106,7 @@ def test_gene_batch_calibration_moves_each_batch_row_to_its_own_estimate(small_c
 def test_calibrated_gene_batch_training_runs(two_batches):
     model = train(
         two_batches,
+        preset=None,
         batch_key="batch",
         n_latent=3,
         n_hidden=16,

@@ -15,7 +15,8 @@ from scvae.model import SCVAE
 
 # `scvae.train` is the function; the module it lives in is reached through importlib.
 train_mod = importlib.import_module("scvae.training.loop")
-FAST = {"n_latent": 4, "n_hidden": 32, "batch_size": 64, "threads": 1}
+# The loop's behaviour under the package defaults (no preset on top).
+FAST = {"preset": None, "n_latent": 4, "n_hidden": 32, "batch_size": 64, "threads": 1}
 
 
 def test_two_epochs_on_real_data(pbmc_small):
@@ -195,3 +196,15 @@ def test_a_conditional_model_trains_on_cellbench(cellbench):
     assert np.isfinite(model.history["val_elbo"]).all()
     # The history improves: the conditional model learns.
     assert model.history["train_elbo"].iloc[-1] > model.history["train_elbo"].iloc[0]
+
+
+def test_counts_that_went_through_float32_train_as_their_integers(pbmc_small):
+    nudged = pbmc_small.copy()
+    counts = nudged.layers["counts"]
+    counts.data = np.nextafter(counts.data, np.float32(np.inf))  # one float32 step up
+    with pytest.warns(UserWarning, match=rf"rounded {counts.nnz} value\(s\)"):
+        model = scvae.train(nudged, max_epochs=1, **FAST)
+    reference = scvae.train(pbmc_small, max_epochs=1, **FAST)
+    columns = ["train_elbo", "train_kl", "val_elbo"]
+    assert model.history[columns].equals(reference.history[columns])
+    assert (counts.data != np.round(counts.data)).all()  # the caller's data are left as they were

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scvae.training.schedules import KLSchedule
+from scvae.training.schedules import CellClock, KLSchedule
 
 
 def test_constant():
@@ -56,3 +56,30 @@ def test_cyclical_follows_fu_et_al():
 def test_invalid_settings_are_rejected(kwargs):
     with pytest.raises(ValueError):
         KLSchedule(**kwargs)
+
+
+def test_max_warmup_steps_shortens_the_warmup_and_never_lengthens_it():
+    s = KLSchedule("linear", total_steps=1000, warmup_fraction=0.5, max_warmup_steps=100)
+    assert s.warmup_steps == 100 and s(50) == pytest.approx(0.5) and s(100) == 1.0
+    longer = KLSchedule("linear", total_steps=1000, warmup_fraction=0.5, max_warmup_steps=900)
+    assert longer.warmup_steps == 500 and longer(250) == pytest.approx(0.5)
+    sigmoid = KLSchedule("sigmoid", total_steps=1000, warmup_fraction=1.0, max_warmup_steps=10)
+    assert sigmoid(5) == pytest.approx(0.5) and sigmoid(10) == 1.0
+    with pytest.raises(ValueError, match="max_warmup_steps"):
+        KLSchedule(max_warmup_steps=-1)
+
+
+def test_cell_clock_converts_cells_and_steps_both_ways():
+    clock = CellClock([64, 64, 40])  # 168 cells per epoch
+    assert (clock.steps_per_epoch, clock.cells_per_epoch) == (3, 168)
+    assert [clock.cells_at(s) for s in range(7)] == [0, 64, 128, 168, 232, 296, 336]
+    # The fewest steps that see at least that many cells.
+    assert [clock.steps_to(c) for c in (0, 1, 64, 65, 168, 169, 337)] == [0, 1, 1, 2, 3, 4, 7]
+    for cells in range(0, 1000, 7):
+        step = clock.steps_to(cells)
+        assert clock.cells_at(step) >= cells > clock.cells_at(step - 1) or cells == 0
+    assert clock.planned_steps(10) == 30
+    assert clock.planned_steps(10, max_cells=200) == 4  # the cap comes first
+    assert clock.planned_steps(1, max_cells=10_000) == 3  # max_epochs comes first
+    with pytest.raises(ValueError, match="batch sizes"):
+        CellClock([])

@@ -35,7 +35,9 @@ class _TouchOnUnpickle:
 def _model() -> SCVAE:
     torch.manual_seed(0)
     module = VAE(VAEConfig(n_input=6, n_latent=2, n_hidden=8)).eval()
-    return SCVAE(module, TrainConfig(), [f"g{j}" for j in range(6)], summary={"x": np.nan})
+    return SCVAE.from_module(
+        module, TrainConfig(), [f"g{j}" for j in range(6)], summary={"x": np.nan}
+    )
 
 
 def test_crafted_pickle_is_refused_and_never_runs(tmp_path):

@@ -3,12 +3,17 @@
 import json
 import re
 
-from scvae.atlas.grid import atlas_jobs
+from scvae.atlas.grid import ATLAS_DEFAULTS, atlas_jobs
+from scvae.config import fill_defaults, reader_options
+from scvae.resources import trainings_minutes
 from scvae.training.settings import default_settings
 
+# The atlas keys left out take the grid's defaults (scvae.atlas.grid.ATLAS_DEFAULTS).
+config.update(fill_defaults(config, ATLAS_DEFAULTS))
 ATLAS = config["atlas"]
-# Jobs of trainings, see scvae.atlas.grid.atlas_jobs.
-ATLAS_JOBS = atlas_jobs(config)
+# Jobs of trainings (scvae.atlas.grid.atlas_jobs), each run with its complete settings
+# (the package defaults under the config's `defaults`), as its record keeps them.
+ATLAS_JOBS = atlas_jobs({**config, "defaults": {**default_settings(), **config["defaults"]}})
 
 
 wildcard_constraints:
@@ -17,10 +22,9 @@ wildcard_constraints:
 
 
 def atlas_inputs(wildcards):
-    atlas = ATLAS
     return [
         f"results/atlas/runs/{dataset}/{job}.json"
-        for dataset in atlas["datasets"]
+        for dataset in ATLAS["datasets"]
         for job in ATLAS_JOBS
     ]
 
@@ -30,13 +34,7 @@ def atlas_dataset_input(wildcards):
 
 
 def atlas_dataset_options(wildcards):
-    ds = ATLAS["datasets"][wildcards.atlas_dataset]
-    opts = []
-    if ds.get("format"):
-        opts += ["--format", ds["format"]]
-    if ds.get("label_key"):
-        opts += ["--label-key", ds["label_key"]]
-    return " ".join(opts)
+    return reader_options(ATLAS["datasets"][wildcards.atlas_dataset])
 
 
 def atlas_job_json(wildcards):
@@ -44,25 +42,17 @@ def atlas_job_json(wildcards):
 
 
 def atlas_run_params(wildcards):
-    atlas = ATLAS
     return json.dumps(
         {
-            "n_cells": atlas["n_cells"],
-            "resolution": atlas["resolution"],
+            "n_cells": ATLAS["n_cells"],
+            "resolution": ATLAS["resolution"],
             "n_neighbors": config["cluster"]["n_neighbors"],
             "kmeans_fits": config["cluster"]["kmeans_fits"],
-            "diagnostics": atlas.get("diagnostics", {}),
+            "diagnostics": ATLAS["diagnostics"],
         }
     )
 
 
 def atlas_job_runtime(wildcards, attempt):
-    """Minutes: about 2 s per epoch-thousand-cells of each training, plus start-up."""
-    runs = ATLAS_JOBS[wildcards.atlas_job]
-    cells = ATLAS["n_cells"] or 10000
-    # A run's settings override the package defaults (scvae.train fills in the rest).
-    settings = [{**default_settings(), **r["settings"]} for r in runs]
-    seconds = sum(
-        2e-3 * s["max_epochs"] * cells * (1 + s["aggressive_epochs"] / 5) for s in settings
-    )
-    return int((10 + seconds / 60) * attempt)
+    settings = [run["settings"] for run in ATLAS_JOBS[wildcards.atlas_job]]
+    return trainings_minutes(settings, ATLAS["n_cells"], attempt=attempt)

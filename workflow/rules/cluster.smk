@@ -1,7 +1,8 @@
 rule cluster:
     input:
         latent="results/{dataset}/{name}/seed{seed}/latent.h5ad",
-        # The counts that latent.h5ad refers to (scvae.data.runs): markers, decoded layer.
+        # The counts that latent.h5ad refers to (scvae.data.runfiles): markers, decoded layer
+        # (with cluster: decoded; else scvae.read_run(path, decoded=True) computes it).
         counts="results/{dataset}/preprocessed.h5ad",
         diagnostics=cluster_diagnostics,
         model=cluster_model,

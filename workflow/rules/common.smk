@@ -1,10 +1,8 @@
-import copy
 import importlib.util
 import json
 import re
 import shlex
 import sys
-from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
@@ -16,17 +14,32 @@ from scvae.baseline_names import (
     dataset_baselines,
     dataset_has_batches,
 )
-from scvae.config import preprocess_settings, resolve_variant
-from scvae.data.ondisk import backed_min_bytes
+from scvae.config import (
+    config_with_defaults,
+    preprocess_settings,
+    reader_options,
+    resolve_variant,
+    variant_names,
+)
+from scvae.resources import (
+    cluster_minutes,
+    diagnose_minutes,
+    gpu_count,
+    input_dims,
+    mem_mb,
+    postprocess_group,
+    reads_on_disk,
+    runtime_minutes,
+    train_minutes,
+)
 
 
-# validate() fills in the schema's defaults everywhere a settings object appears, variants
-# included; a variant must keep only the keys the user set, since it overrides `defaults`.
-_variant_overrides = copy.deepcopy(config.get("variants"))
-_batch_overrides = copy.deepcopy(config.get("with_batches") or {})
-validate(config, schema="../../config/config.schema.yaml")
-config["variants"] = {k: v or {} for k, v in _variant_overrides.items()}
-config["with_batches"] = {k: v or {} for k, v in _batch_overrides.items()}
+# The schema checks names, types and ranges and states no defaults; each key left out
+# takes the package's (scvae.config.config_with_defaults: the signature of the function
+# that receives it). The model and training settings are completed per run
+# (scvae.config.resolve_variant), so `defaults` and the variants keep what the user set.
+validate(config, schema="../../config/config.schema.yaml", set_default=False)
+config.update(config_with_defaults(config))
 
 # The command of every rule is the Python that runs Snakemake (a venv with scvae
 # installed), or, with `--sdm conda`, the env's Python importing the package from this
@@ -36,17 +49,15 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
 else:
     SCVAE = f"{shlex.quote(sys.executable)} -m scvae.cli"
 
-VARIANTS = list(config["variants"])
-for _v in config["run_variants"]:
-    if _v not in config["variants"]:
-        raise ValueError(
-            f"config: run_variants names {_v!r}, which is not defined in variants ({VARIANTS})"
-        )
-for _v in config["with_batches"]:
-    if _v not in config["variants"]:
-        raise ValueError(
-            f"config: with_batches names {_v!r}, which is not defined in variants ({VARIANTS})"
-        )
+# The package's presets and the config's own variants (scvae.config.variant_names).
+VARIANTS = variant_names(config)
+for _key in ("run_variants", "with_batches"):
+    for _v in config[_key]:
+        if _v not in VARIANTS:
+            raise ValueError(
+                f"config: {_key} names {_v!r}, which is neither a preset nor defined in "
+                f"variants ({VARIANTS})"
+            )
 SCVI_AVAILABLE = importlib.util.find_spec("scvi") is not None
 SCVI_WANTED = bool(config["baselines"]["scvi"] or config["baselines"]["scvi_epochs"])
 # Baseline runs of each dataset (scvae.baseline_names): Harmony only where the dataset
@@ -59,17 +70,6 @@ BASELINES = {
     )
     for name, ds in config["datasets"].items()
 }
-
-
-# The collapse atlas (config/atlas.yaml): jobs of trainings, see scvae.atlas.grid.atlas_jobs.
-# The atlas code is imported only when an atlas grid is configured.
-ATLAS = config.get("atlas")
-if ATLAS:
-    from scvae.atlas.grid import atlas_jobs
-
-    ATLAS_JOBS = atlas_jobs(config)
-else:
-    ATLAS_JOBS = {}
 
 
 wildcard_constraints:
@@ -88,7 +88,7 @@ for _name, _q in QUERIES.items():
             f"config: query {_name!r} names reference {_q['reference']!r}, which is not in "
             f"datasets ({list(config['datasets'])})"
         )
-    if _q["variant"] not in config["variants"]:
+    if _q["variant"] not in VARIANTS:
         raise ValueError(
             f"config: query {_name!r} names variant {_q['variant']!r}, which is not defined "
             f"in variants ({VARIANTS})"
@@ -115,14 +115,7 @@ def query_input(wildcards):
 
 def query_options(wildcards):
     """The query's reading options and batch column, quoted."""
-    q = QUERIES[wildcards.query]
-    opts = []
-    for key in ("format", "layer", "label_key", "batch_key"):
-        if q.get(key):
-            opts += [f"--{key.replace('_', '-')}", q[key]]
-    if q.get("transpose"):
-        opts.append("--transpose")
-    return shlex.join(opts)
+    return reader_options(QUERIES[wildcards.query])
 
 
 def query_json(wildcards):
@@ -142,25 +135,8 @@ def dataset_input(wildcards):
 
 
 def dataset_options(wildcards):
-    """The input (--input, or --samples NAME=PATH ...) and the reading options, quoted."""
-    ds = config["datasets"][wildcards.dataset]
-    if ds.get("samples"):
-        opts = ["--samples", *(f"{name}={path}" for name, path in ds["samples"].items())]
-    else:
-        opts = ["--input", ds["path"]]
-    if ds.get("format"):
-        opts += ["--format", ds["format"]]
-    if ds.get("label_key"):
-        opts += ["--label-key", ds["label_key"]]
-    if ds.get("layer"):
-        opts += ["--layer", ds["layer"]]
-    if ds.get("transpose"):
-        opts.append("--transpose")
-    if ds.get("batch_key"):
-        opts += ["--batch-key", ds["batch_key"]]
-    if ds.get("covariates"):
-        opts += ["--covariates", *ds["covariates"]]
-    return shlex.join(opts)
+    """The input (its path, or every sample's file) and the reading options, quoted."""
+    return reader_options(config["datasets"][wildcards.dataset], with_input=True)
 
 
 def preprocess_json(wildcards):
@@ -180,126 +156,67 @@ def variant_json(wildcards):
     return json.dumps(variant_settings(wildcards))
 
 
-# --- Resources -----------------------------------------------------------------------
-# mem_mb (MB) and runtime (minutes) of every job, for cluster schedulers (sbatch --mem,
-# --time) and for `--resources mem_mb=...` on one machine. Measured peaks (/usr/bin/time,
-# 300, 4,271 and 42,710 cells x 2,000 genes): about 600 MB for Python and the libraries
-# plus 1.5-2.5 times the input .h5ad (cluster: 5 times; preprocess: 18 times its gzip-
-# compressed input); training at 1.9e-9 s per cell x gene x hidden unit and epoch on one
-# core; cluster (kNN, Leiden, UMAP) at 4e-3 s per cell. With the counts on disk (inputs
-# of at least 1 GiB) memory follows the cells, not the counts: at 10^6 cells x 2,000 genes
-# (1.9 GB of counts) preprocess, train, PCA and diagnose peaked at 1.1-1.5 GB and cluster
-# at a few GB (benchmarks/README.md, the whole workflow). The estimates below leave 2-4
-# times headroom and grow with each retry (`attempt`), so a job killed for memory or time
-# comes back with more.
-
-# Datasets whose input is smaller than this (MB) are "small": the post-training jobs of
-# each of their runs are grouped (see small_job_group).
-SMALL_DATASET_MB = 200
-
-
-def gpu_request(wildcards):
-    """1 GPU for a run whose device is cuda; None (no GPU resource at all) otherwise."""
-    device = variant_settings(wildcards)["device"]
-    return 1 if device.startswith("cuda") else None
-
-
-def h5ad_dims(path):
-    """(cells, genes) of an .h5ad read from its header; None if it cannot be read."""
-    try:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            # From the indexes: run files (latent.h5ad) have no X.
-            n = [len(f[k][f[k].attrs.get("_index", "_index")]) for k in ("obs", "var")]
-            return n[0], n[1]
-    except Exception:  # not written yet (dry run) or not an .h5ad: callers fall back
-        return None
-
-
-def _dims(path, size_mb):
-    # Fallback before the file exists: about 16 bytes per stored count, 10% non-zero.
-    return h5ad_dims(path) or (max(1000, int(size_mb * 1e6 / 16 / 200)), 2000)
-
-
-def _on_disk(paths):
-    """Whether a job reads its counts backed: an input h5ad of at least backed_min_bytes."""
-    try:
-        return any(
-            str(p).endswith(".h5ad") and Path(p).stat().st_size >= backed_min_bytes() for p in paths
-        )
-    except OSError:  # not written yet (dry run)
-        return False
+# --- Resources ----------------------------------------------------------------------
+# mem_mb (MB) and runtime (minutes) of each job, for cluster schedulers and for
+# `--resources mem_mb=...` on one machine: scvae.resources estimates them from the size
+# of the job's input, growing with each retry (`attempt`).
 
 
 def mem_mb_from_input(factor, floor, on_disk_factor=None):
-    """Memory estimate in MB: ``floor`` plus ``factor`` times the input's size, per attempt.
-
-    ``on_disk_factor`` replaces ``factor`` when the counts stay on disk (a large input
-    h5ad): then memory follows the cells and the minibatches, not the counts.
-    """
+    """mem_mb: ``floor`` plus ``factor`` (``on_disk_factor`` when read backed) MB per MB."""
+    shares = {"factor": factor, "floor": floor, "on_disk_factor": on_disk_factor}
 
     def estimate(wildcards, input, attempt):
-        f = factor if on_disk_factor is None or not _on_disk(input) else on_disk_factor
-        return int((floor + f * input.size_mb) * attempt)
+        return mem_mb(input.size_mb, attempt=attempt, on_disk=reads_on_disk(input), **shares)
 
     return estimate
 
 
 def runtime_from_input(minutes, per_gb):
-    """Run time in minutes: ``minutes`` plus ``per_gb`` per GB of input, per attempt."""
+    """runtime: ``minutes`` plus ``per_gb`` minutes per GB of input."""
 
     def estimate(wildcards, input, attempt):
-        return int((minutes + per_gb * input.size_mb / 1024) * attempt)
+        return runtime_minutes(input.size_mb, minutes=minutes, per_gb=per_gb, attempt=attempt)
 
     return estimate
 
 
+def gpu_request(wildcards):
+    """1 GPU for a run whose device is cuda; None (no GPU resource at all) otherwise."""
+    return gpu_count(variant_settings(wildcards)["device"])
+
+
 def train_runtime(wildcards, input, threads, attempt):
-    """Minutes for max_epochs over the cells (without early stopping), per attempt."""
-    s = variant_settings(wildcards)
-    cells, genes = _dims(input[0], input.size_mb)
-    width = max(s["n_hidden"], s["decoder_hidden"])
-    width *= max(1, s["n_layers"], s["decoder_layers"])
-    seconds = 8e-9 * s["max_epochs"] * cells * genes * width / threads**0.5
-    if gpu_request(wildcards):
-        seconds /= 5
-    return int((15 + seconds / 60) * attempt)
+    cells, genes = input_dims(input[0], input.size_mb)
+    gpu = gpu_request(wildcards) is not None
+    settings = variant_settings(wildcards)
+    return train_minutes(settings, cells, genes, threads=threads, gpu=gpu, attempt=attempt)
 
 
 def diagnose_runtime(wildcards, input, threads, attempt):
-    """Minutes for the IWAE bound (k_iwae samples per cell) and the rest, per attempt."""
-    s = variant_settings(wildcards)
-    cells, genes = _dims(input.latent, input.size_mb)
-    width = max(s["n_hidden"], s["decoder_hidden"])
-    seconds = 2e-10 * cells * config["diagnostics"]["k_iwae"] * genes * width / threads**0.5
-    return int((15 + seconds / 60) * attempt)
+    cells, genes = input_dims(input.latent, input.size_mb)
+    k_iwae = config["diagnostics"]["k_iwae"]
+    settings = variant_settings(wildcards)
+    return diagnose_minutes(settings, cells, genes, k_iwae=k_iwae, threads=threads, attempt=attempt)
 
 
 def cluster_runtime(wildcards, input, attempt):
-    """Minutes for the kNN graph, Leiden at each resolution and UMAP, per attempt."""
-    cells, _ = _dims(input.latent, input.size_mb)
-    seconds = 1e-2 * cells * (1 + 0.2 * len(config["cluster"]["resolutions"]))
-    return int((15 + seconds / 60) * attempt)
+    cells, _ = input_dims(input.latent, input.size_mb)
+    n_resolutions = len(config["cluster"]["resolutions"])
+    return cluster_minutes(cells, n_resolutions=n_resolutions, attempt=attempt)
+
+
+def baseline_runtime(wildcards, input, threads, attempt):
+    # scVI trains for up to 400 epochs: its jobs get a training's estimate.
+    cells, genes = input_dims(input[0], input.size_mb)
+    size_mb = input.size_mb
+    minutes = baseline_minutes(wildcards.baseline, cells, genes, input_mb=size_mb, threads=threads)
+    return attempt * minutes
 
 
 def small_job_group(wildcards):
-    """Group of the diagnose, baseline and cluster jobs of a small dataset's run.
-
-    One SLURM job then runs the post-training steps of a run instead of one job each
-    (and `group-components: postprocess=N` of the profile packs N runs into one). Large
-    datasets' jobs are not grouped: each gets its own resources. Groups only apply to
-    cluster execution; a local run ignores them.
-    """
-    files = []
-    try:
-        # A dataset of several samples is sized by all its files together.
-        for path in map(Path, dataset_files(wildcards.dataset)):
-            files += [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-        size_mb = sum(p.stat().st_size for p in files) / 1e6
-    except OSError:
-        return None
-    return "postprocess" if size_mb < SMALL_DATASET_MB else None
+    """The group of a small dataset's diagnose, baseline and cluster jobs (or None)."""
+    return postprocess_group(dataset_files(wildcards.dataset))
 
 
 def diagnostics_json(wildcards):
@@ -340,7 +257,7 @@ def cluster_diagnostics(wildcards):
 
 
 def cluster_model(wildcards):
-    """The model of a VAE run (its decoded expression goes into final.h5ad); none for baselines."""
+    """The model of a VAE run (its decoded expression, with cluster: decoded); none for baselines."""
     if wildcards.name in VARIANTS:
         return f"results/{wildcards.dataset}/{wildcards.name}/seed{wildcards.seed}/model.pt"
     return []

@@ -2,7 +2,7 @@ rule diagnose:
     input:
         model="results/{dataset}/{variant}/seed{seed}/model.pt",
         latent="results/{dataset}/{variant}/seed{seed}/latent.h5ad",
-        # The counts that latent.h5ad refers to (scvae.data.runs).
+        # The counts that latent.h5ad refers to (scvae.data.runfiles).
         counts="results/{dataset}/preprocessed.h5ad",
     output:
         json="results/{dataset}/{variant}/seed{seed}/diagnostics.json",

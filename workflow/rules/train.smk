@@ -43,11 +43,7 @@ rule baseline:
     resources:
         # On disk: the PCA reads the counts in chunks, scVI loads them (about 3x their size).
         mem_mb=mem_mb_from_input(factor=6, floor=2000, on_disk_factor=3),
-        # scVI trains for up to 400 epochs: its jobs get the training's estimate.
-        runtime=lambda wc, input, threads, attempt: attempt
-        * baseline_minutes(
-            wc.baseline, *_dims(input[0], input.size_mb), input_mb=input.size_mb, threads=threads
-        ),
+        runtime=baseline_runtime,
     conda:
         "../../envs/scvae.yaml"
     shell:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from scvae.atlas.grid import atlas_jobs
+from scvae.atlas.jobs import run_atlas_job
 from scvae.atlas.report import run_atlas_report
-from scvae.atlas.runs import run_atlas_job
 from scvae.atlas.tables import summarize
 
 

@@ -14,6 +14,7 @@ from scvae.data.formats import detect_format
 from scvae.data.h5ad import write_h5ad
 from scvae.data.ondisk import backed_min_bytes
 from scvae.errors import InputError
+from scvae.plotting.qc import plot_qc
 from scvae.preprocess.memory import effective_settings, preprocess
 from scvae.preprocess.streamed import preprocess_h5ad_backed
 
@@ -79,8 +80,6 @@ def run_preprocess(
         On bad input or settings (see :func:`scvae.data.batches.read_dataset` and
         :func:`scvae.preprocess.memory.preprocess`).
     """
-    from scvae.plotting.qc import plot_qc
-
     settings = effective_settings(**filter_settings)
     covariates = check_covariate_keys(covariates, batch_key)
     if samples is not None:

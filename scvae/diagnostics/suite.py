@@ -3,8 +3,8 @@
 :func:`diagnose` is the only place that touches :class:`~scvae.model.SCVAE` and
 AnnData: it encodes the cells once, runs every measure of the functional core on all
 cells and on the held-out validation cells, and assembles one record.
-:func:`run_diagnose` is the file-level entry point of the workflow's ``diagnose``
-stage; :func:`write_diagnostics` and :func:`read_diagnostics` store the record as JSON.
+:func:`write_diagnostics` and :func:`read_diagnostics` store the record as JSON; the
+workflow's ``diagnose`` stage is :func:`scvae.stages.diagnose.run_diagnose`.
 
 The measures (one module each):
 
@@ -74,13 +74,14 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scvae.data.covariates import recorded_covariates
+from scvae.data.loaders import counts_layer
 from scvae.data.ondisk import row_sums, take_rows
 from scvae.diagnostics.batch import batch_in_latent
 from scvae.diagnostics.dispersion import dispersion_stats
@@ -90,7 +91,6 @@ from scvae.diagnostics.kl import kl_per_dim, posterior_mean_variance
 from scvae.diagnostics.mi import mutual_information
 from scvae.diagnostics.verdicts import VerdictThresholds, verdict
 from scvae.errors import InputError
-from scvae.model import recorded_covariates
 from scvae.module.encoding import encode
 from scvae.utils.jsonio import read_json, write_json
 
@@ -100,12 +100,12 @@ if TYPE_CHECKING:
     from scvae.model import SCVAE
     from scvae.module.vae import VAE
 
-__all__ = ["FIGURE_NAMES", "diagnose", "read_diagnostics", "run_diagnose", "write_diagnostics"]
+__all__ = ["FIGURE_NAMES", "diagnose", "read_diagnostics", "write_diagnostics"]
 
 log = logging.getLogger(__name__)
 
 FIGURE_NAMES = ("kl_per_dim", "sensitivity_vs_kl", "jtj_spectrum")
-"""Figures :func:`run_diagnose` writes, as ``<name>.png`` in the figure folder."""
+"""Figures the ``diagnose`` stage writes, as ``<name>.png`` in the figure folder."""
 
 # Independent random streams of diagnose(), so that changing one measure's settings does
 # not change the draws of another.
@@ -301,7 +301,7 @@ def _settings(
 ) -> dict[str, Any]:
     """The ``settings`` of the record: what was asked, the thresholds and the architecture."""
     return {
-        "layer": "X" if layer is None or layer not in adata.layers else layer,
+        "layer": counts_layer(adata, layer) or "X",
         "k_iwae": int(k_iwae),
         "n_mi": int(n_mi),
         "n_jacobian": int(n_jacobian),
@@ -492,78 +492,3 @@ def read_diagnostics(path: str | os.PathLike) -> dict[str, Any]:
         The diagnostics, as :func:`diagnose` returned them.
     """
     return read_json(path)
-
-
-def run_diagnose(
-    model_pt: str | os.PathLike,
-    latent_h5ad: str | os.PathLike,
-    out_json: str | os.PathLike,
-    *,
-    figure_dir: str | os.PathLike | None = None,
-    figure_paths: Mapping[str, str | os.PathLike] | None = None,
-    device: str = "cpu",
-    **opts: Any,
-) -> dict[str, Any]:
-    """Diagnose a saved model on an h5ad file and write the JSON and the figures.
-
-    Parameters
-    ----------
-    model_pt
-        Model written by :meth:`scvae.model.SCVAE.save`.
-    latent_h5ad
-        The run's ``latent.h5ad`` (opened with its counts by
-        :func:`scvae.data.runs.read_run`) or any h5ad of cells with raw counts in
-        ``layers["counts"]``, in the row order of training (the validation split is
-        matched by position).
-    out_json
-        Destination of :func:`write_diagnostics`.
-    figure_dir
-        Folder for ``kl_per_dim.png``, ``sensitivity_vs_kl.png`` and
-        ``jtj_spectrum.png``.
-    figure_paths
-        Explicit destinations by figure name (see :data:`FIGURE_NAMES`); they override
-        ``figure_dir`` for the names they give.
-    device
-        Where the model and every measure run: ``cpu``, ``cuda``, ``cuda:<n>`` or
-        ``auto`` (CUDA when available), as the training's ``device``.
-    **opts
-        Keywords of :func:`diagnose` (``k_iwae``, ``n_mi``, ``n_jacobian``,
-        ``au_threshold``, ``thresholds``, ``seed``, ...).
-
-    Returns
-    -------
-    dict
-        The diagnostics.
-    """
-    from scvae.data.runs import read_run
-    from scvae.model import SCVAE
-    from scvae.plotting.diagnostics import plot_diagnostics
-    from scvae.training.loop import resolve_device
-
-    unknown = sorted(set(figure_paths or {}) - set(FIGURE_NAMES))
-    if unknown:
-        raise InputError(f"unknown figure name(s) {unknown}; expected some of {FIGURE_NAMES}")
-    model = SCVAE.load(model_pt, device=str(resolve_device(device)))
-    # The counts stay in the preprocessed file (on disk when large); read_run attaches them.
-    adata = read_run(latent_h5ad)
-    diagnostics = diagnose(model, adata, **opts)
-    write_diagnostics(diagnostics, out_json)
-    paths: dict[str, Path] = {}
-    if figure_dir is not None:
-        paths.update({name: Path(figure_dir) / f"{name}.png" for name in FIGURE_NAMES})
-    paths.update({k: Path(v) for k, v in (figure_paths or {}).items()})
-    if paths:
-        plot_diagnostics(diagnostics, paths)
-    v = diagnostics
-    log.info(
-        "%s: %s (I(x;z) = %.3f nats, %d/%d active units)",
-        model_pt,
-        v["verdict"],
-        v["mi"],
-        v["active_units"],
-        v["n_latent"],
-    )
-    if "batch_in_z" in v:
-        b = v["batch_in_z"]
-        log.info("batch kNN accuracy from z %.3f (chance %.3f)", b["accuracy"], b["chance"])
-    return diagnostics

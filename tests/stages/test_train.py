@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from scvae.data.h5ad import write_h5ad
-from scvae.data.runs import read_run
+from scvae.data.runfiles import read_run
 from scvae.model import SCVAE
-from scvae.training.run import run_train
+from scvae.stages.train import run_train
 
 FAST = {"n_latent": 3, "n_hidden": 16, "batch_size": 64, "threads": 1, "max_epochs": 1}
 

@@ -14,15 +14,17 @@ import pyro
 import pytest
 from scipy import sparse
 
-import scvae.data.runs
-import scvae.training.run
-from scvae.baseline import pca_embedding, run_baseline
-from scvae.cluster import DECODED_LAYER, run_cluster
+import scvae.data.runfiles
+import scvae.stages.train
+from scvae.baseline import pca_embedding
 from scvae.data.h5ad import read_h5ad, write_h5ad
-from scvae.data.runs import EXTENDS_KEY, read_run, write_run
+from scvae.data.runfiles import EXTENDS_KEY, read_run, write_run
 from scvae.data.synthetic import synthetic_counts
+from scvae.decode import DECODED_LAYER
 from scvae.errors import InputError
-from scvae.training.run import run_train
+from scvae.stages.baseline import run_baseline
+from scvae.stages.cluster import run_cluster
+from scvae.stages.train import run_train
 
 FAST = {"n_latent": 3, "n_hidden": 16, "batch_size": 64, "threads": 1, "max_epochs": 2}
 
@@ -80,7 +82,7 @@ def _assert_same_tree(a, b, where: str) -> None:
 def _full_files(monkeypatch, folder):
     """Also write, next to each run file, what the stage held (what a full file held)."""
     folder.mkdir(parents=True, exist_ok=True)
-    real = scvae.data.runs.write_run
+    real = scvae.data.runfiles.write_run
 
     def spy(adata, path, **kwargs):
         real(adata, path, **kwargs)
@@ -90,8 +92,8 @@ def _full_files(monkeypatch, folder):
         full.write_h5ad(folder / Path(path).name)
 
     # The training stage imported the name; the cluster stage imports it when it runs.
-    monkeypatch.setattr(scvae.training.run, "write_run", spy)
-    monkeypatch.setattr(scvae.data.runs, "write_run", spy)
+    monkeypatch.setattr(scvae.stages.train, "write_run", spy)
+    monkeypatch.setattr(scvae.data.runfiles, "write_run", spy)
 
 
 def test_a_run_opened_with_its_counts_equals_the_full_files(preprocessed, tmp_path, monkeypatch):
@@ -122,7 +124,8 @@ def test_a_run_opened_with_its_counts_equals_the_full_files(preprocessed, tmp_pa
     # What a user looks at is in the file itself.
     assert {"label", "scvae_leiden", "scvae_split"} <= set(final.obs.columns)
     assert {"X_umap"} == set(final.obsm) and {"distances", "connectivities"} == set(final.obsp)
-    assert DECODED_LAYER in final.layers and "metrics" in final.uns["scvae"]["cluster"]
+    assert "metrics" in final.uns["scvae"]["cluster"]
+    assert not final.layers and DECODED_LAYER not in read_run(run / "final.h5ad").layers
     # latent.h5ad holds the embedding, final.h5ad does not copy it.
     assert set(anndata.read_h5ad(run / "latent.h5ad").obsm) == {"X_scvae", "X_scvae_scale"}
 

@@ -1,4 +1,4 @@
-"""The workflow's training stage: a preprocessed h5ad in; model, history and latent out."""
+"""The ``train`` stage: a preprocessed h5ad in; model, history and latent out."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import os
 
 import pandas as pd
 
+from scvae.data.covariates import recorded_covariates
 from scvae.data.h5ad import read_h5ad
-from scvae.data.runs import write_run
-from scvae.model import SCVAE, recorded_covariates
-from scvae.training.loop import train
+from scvae.data.loaders import counts_source
+from scvae.data.runfiles import write_run
+from scvae.model import SCVAE, train
 from scvae.utils.atomic import atomic_path, remove_stale_temps
 from scvae.utils.provenance import versions
 
@@ -32,8 +33,8 @@ def run_train(
     (``uns["scvae"]["preprocess"]["batch_key"]`` and ``["covariate_keys"]``); the model is
     conditioned on them unless ``condition_on_batch`` is false.
 
-    The latent AnnData is a run file (:func:`scvae.data.runs.write_run`: the counts stay
-    in ``input_h5ad``, :func:`scvae.data.runs.read_run` attaches them) with the input's
+    The latent AnnData is a run file (:func:`scvae.data.runfiles.write_run`: the counts stay
+    in ``input_h5ad``, :func:`scvae.data.runfiles.read_run` attaches them) with the input's
     ``obs`` and ``uns`` plus ``obsm["X_scvae"]`` (posterior means),
     ``obsm["X_scvae_scale"]`` (posterior standard deviations), ``obs["scvae_split"]``
     (train / validation) and ``uns["scvae"]["train"]`` (settings, summary, versions,
@@ -62,10 +63,12 @@ def run_train(
         remove_stale_temps(out)
     # Large files stay on disk (scvae.data.ondisk.backed_min_bytes): memory bounded by batches.
     adata = read_h5ad(input_h5ad, backed=None)
-    where = "layers['counts']" if "counts" in adata.layers else "X"
+    where = counts_source(adata)
     batch_key, covariate_keys = recorded_covariates(adata)
+    # The settings are complete (scvae.config.resolve_variant): no preset under them.
     model = train(
         adata,
+        preset=None,
         batch_key=batch_key,
         covariate_keys=covariate_keys,
         checkpoint_dir=checkpoint_dir,

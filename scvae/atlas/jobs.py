@@ -2,7 +2,7 @@
 
 Each run trains on a fixed random subset of ``n_cells`` cells
 (:func:`scvae.atlas.grid.subsample`), computes the collapse diagnostics
-(:func:`scvae.diagnostics.run.diagnose`) and scores the latent space against the
+(:func:`scvae.diagnostics.suite.diagnose`) and scores the latent space against the
 cell-type labels on the posterior means and on one posterior draw per cell
 (:func:`scvae.scores.posterior_sample_scores`). A job writes one record per run and
 seed; :mod:`scvae.atlas.tables` gathers them.
@@ -19,10 +19,10 @@ import anndata as ad
 
 from scvae.atlas.grid import subsample
 from scvae.data.h5ad import read_h5ad
-from scvae.diagnostics.run import diagnose
+from scvae.diagnostics.suite import diagnose
 from scvae.errors import InputError
+from scvae.model import train
 from scvae.scores import label_scores, posterior_sample_scores
-from scvae.training.loop import train
 from scvae.utils.jsonio import write_json
 
 __all__ = ["run_atlas_job"]
@@ -66,7 +66,7 @@ def run_atlas_job(
     kmeans_fits
         KMeans fits averaged in the KMeans scores (:func:`scvae.scores.label_scores`).
     diagnostics
-        Keyword arguments of :func:`scvae.diagnostics.run.diagnose`.
+        Keyword arguments of :func:`scvae.diagnostics.suite.diagnose`.
 
     Returns
     -------
@@ -121,7 +121,7 @@ def _run_one(
 ) -> dict:
     """Train, diagnose and score one model on ``adata``: the run's record."""
     started = time.perf_counter()
-    model = train(adata, progress=False, source=source, **{**settings, "seed": seed})
+    model = train(adata, preset=None, progress=False, source=source, **{**settings, "seed": seed})
     seconds = time.perf_counter() - started
     diag = diagnose(model, adata, seed=seed, **(diagnostics or {}))
     loc, scale = model.get_latent(adata, return_scale=True)
@@ -142,7 +142,7 @@ def _run_one(
 
 
 def _diagnostic_fields(diag: Mapping) -> dict:
-    """The diagnostics a record keeps, from :func:`scvae.diagnostics.run.diagnose`."""
+    """The diagnostics a record keeps, from :func:`scvae.diagnostics.suite.diagnose`."""
     return {
         "verdict": diag["verdict"],
         "mi": diag["mi"],

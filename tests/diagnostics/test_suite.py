@@ -13,16 +13,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scvae.diagnostics.run import (
-    FIGURE_NAMES,
-    diagnose,
-    read_diagnostics,
-    run_diagnose,
-    write_diagnostics,
-)
+from scvae.diagnostics.suite import FIGURE_NAMES, diagnose, read_diagnostics, write_diagnostics
 from scvae.diagnostics.verdicts import VERDICTS
 from scvae.errors import InputError
 from scvae.model import SCVAE
+from scvae.stages.diagnose import run_diagnose
 from scvae.training.settings import TrainConfig
 
 
@@ -34,7 +29,9 @@ def test_prior_encoder_module_is_collapsed(tiny_vae, tiny_counts):
         module.qz_head.raw_scale.weight.zero_()
         module.qz_head.raw_scale.bias.fill_(math.log(math.expm1(1.0 - module.qz_head.min_scale)))
     X = tiny_counts(n_cells=40)
-    model = SCVAE(module, TrainConfig(), [f"g{i}" for i in range(12)], split=["train"] * 40)
+    model = SCVAE.from_module(
+        module, TrainConfig(), [f"g{i}" for i in range(12)], split=["train"] * 40
+    )
     adata = anndata.AnnData(X)
     adata.var_names = [f"g{i}" for i in range(12)]
     d = diagnose(model, adata, k_iwae=5, n_jacobian=10)
@@ -50,7 +47,7 @@ def test_prior_encoder_module_is_collapsed(tiny_vae, tiny_counts):
 
 @pytest.fixture(scope="module")
 def trained(shared_data):
-    from scvae.training.loop import train
+    from scvae.model import train
 
     with h5py.File(shared_data / "pbmc4k_top2000.h5") as f:
         X = np.asarray(f["X"][:800], dtype=np.float32)
@@ -61,6 +58,7 @@ def trained(shared_data):
     torch.set_num_threads(1)
     model = train(
         adata,
+        preset=None,
         n_latent=6,
         max_epochs=3,
         kl_schedule="linear",

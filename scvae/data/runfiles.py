@@ -9,7 +9,8 @@ file). Instead a run file holds
   by) and the ``var`` names;
 - the ``obsm``, ``varm``, ``obsp`` and ``layers`` entries the run computed
   (``latent.h5ad``: ``X_scvae`` and ``X_scvae_scale`` or ``X_pca``;
-  ``final.h5ad``: ``X_umap``, the kNN graph, the decoded expression);
+  ``final.h5ad``: ``X_umap``, the kNN graph and, only with ``cluster: decoded: true``,
+  the decoded expression);
 - all of ``uns`` (settings, scores, markers, diagnostics);
 - no ``X``,
 
@@ -18,6 +19,9 @@ and ``uns["scvae"]["extends"]`` names the file it extends, relative to its own f
 the results folder can be moved or copied whole. :func:`read_run` follows that chain
 and returns the AnnData with everything attached: the counts in ``X`` and
 ``layers["counts"]``, the embedding, the clusters. :func:`write_run` writes a run file.
+
+The decoded expression needs the run's model, which this layer below the model cannot
+load: ``scvae.read_run(path, decoded=True)`` (:func:`scvae.decode.read_run`) computes it.
 """
 
 from __future__ import annotations
@@ -163,6 +167,9 @@ def read_run(path: str | os.PathLike, *, backed: bool | None = None) -> anndata.
         Everything, ready for scanpy (``sc.tl.rank_genes_groups(adata, "scvae_leiden")``
         or ``sc.pl.umap(adata, color=["scvae_leiden", "CD3E"])``). Writing it with
         :func:`scvae.data.h5ad.write_h5ad` gives a self-contained file (``scvae export``).
+        No decoded expression unless the run stored it (``cluster: decoded: true``):
+        ``scvae.read_run(path, decoded=True)`` (:func:`scvae.decode.read_run`) computes
+        it from the run's model.
 
     Raises
     ------

@@ -5,15 +5,16 @@
 with batches, the scIB metrics of :func:`scvae.integration.integration_scores`) and
 writes the clustered h5ad and a metrics JSON (:func:`read_metrics_json` reads it back).
 
-The output is a run file that extends the input (:func:`scvae.data.runs.write_run`): the
+The output is a run file that extends the input (:func:`scvae.data.runfiles.write_run`): the
 counts and the embedding stay in the files it extends and
-:func:`scvae.data.runs.read_run` attaches them. What is written where: everything
+:func:`scvae.data.runfiles.read_run` attaches them. What is written where: everything
 :func:`scvae.clustering.cluster`,
 :func:`scvae.scores.score` and :func:`scvae.integration.integration_scores` store in the
 AnnData, the marker genes of :func:`scvae.markers.rank_markers`
 (``uns["rank_genes_groups"]`` for the clusters, ``uns["rank_genes_groups_label"]`` for
 the labels), plus ``uns["scvae"]["diagnostics"]`` (the run's diagnostics JSON, null as NaN)
-when given one.
+when given one. The decoded expression only when asked (``decoded=True``): it is dense
+and several times the counts; :mod:`scvae.decode` computes it on demand instead.
 """
 
 from __future__ import annotations
@@ -29,16 +30,25 @@ import numpy as np
 import pandas as pd
 
 from scvae.clustering import cluster
+from scvae.data.loaders import counts_layer
+from scvae.data.runfiles import read_run, write_run
+from scvae.decode import DECODED_LAYER, add_decoded
 from scvae.errors import InputError
 from scvae.integration import integration_scores
-from scvae.markers import MARKER_COLUMNS, marker_table, plot_marker_dotplot, rank_markers
+from scvae.markers import (
+    MARKER_COLUMNS,
+    marker_cells,
+    marker_table,
+    plot_marker_dotplot,
+    rank_markers,
+)
+from scvae.plotting.comparison import plot_umap_grid
 from scvae.scores import score
 from scvae.utils.atomic import atomic_path
 from scvae.utils.jsonio import jsonable, read_json, write_json
 
 __all__ = [
     "DIAGNOSTICS_SUMMARY_KEYS",
-    "DECODED_LAYER",
     "MARKER_KEYS",
     "METRICS_SCHEMA_VERSION",
     "batch_key_of",
@@ -149,7 +159,7 @@ def run_cluster(
     markers_tsv: str | os.PathLike | None = None,
     marker_plot: str | os.PathLike | None = None,
     model_path: str | os.PathLike | None = None,
-    decoded_max_values: int = 20_000_000,
+    decoded: bool = False,
     decoded_batch: str | None = None,
     umap_max_cells: int = 200_000,
     graph_max_cells: int = 200_000,
@@ -226,15 +236,16 @@ def run_cluster(
     marker_plot
         PNG of the dot plot of the top 3 markers per cluster (a note when there are none).
     model_path
-        The run's ``model.pt`` (a trained VAE; None for baselines): with it, the decoded
-        expression (:meth:`scvae.model.SCVAE.get_normalized_expression`, per 10,000
-        counts) goes into ``layers["scvae_normalized"]`` when the data are small enough.
-    decoded_max_values
-        Write that layer only when cells x genes is at most this (a dense float32
-        layer: 20 million values are 80 MB); 0 never writes it.
+        The run's ``model.pt`` (a trained VAE; None for baselines), for ``decoded``.
+    decoded
+        Also write the decoded expression (:func:`scvae.decode.add_decoded`, per 10,000
+        counts) of a run with a ``model_path`` into ``layers["scvae_normalized"]``: a
+        dense float32 layer, 4 bytes per cell and gene, several times the size of the
+        counts. Off by default: ``scvae.read_run(path, decoded=True)`` or ``scvae
+        decode`` compute it from the model when it is wanted.
     decoded_batch
-        Decode every cell as if from this batch (batch-corrected expression); None:
-        each cell with its own.
+        With ``decoded``, decode every cell as if from this batch (batch-corrected
+        expression); None: each cell with its own.
     umap_max_cells
         Above this many cells the UMAP is computed on a random subsample of this size
         (``obsm["X_umap"]`` is NaN for the other cells; :func:`scvae.clustering.cluster`);
@@ -249,8 +260,6 @@ def run_cluster(
     dict
         The content written to ``metrics_json`` (NaN as ``None``).
     """
-    from scvae.data.runs import read_run, write_run
-
     # Large files: the counts stay on disk (only the embedding is clustered).
     adata = read_run(input_h5ad)
     scvae = adata.uns.setdefault("scvae", {})
@@ -271,7 +280,7 @@ def run_cluster(
                 use_rep=use_rep,
                 n_neighbors=n_neighbors,
                 resolutions=resolutions,
-                key=key,
+                key_added=key,
                 seed=seed,
                 umap_max_cells=umap_max_cells,
             )
@@ -309,8 +318,10 @@ def run_cluster(
             why = "markers are off (cluster: markers: false)" if not markers else ""
             plot_marker_dotplot(ranked, marker_plot, title=title, empty_note=why)
 
-    if model_path is not None and record["status"] == "ok":
-        _add_decoded(adata, model_path, decoded_max_values, decoded_batch)
+    if decoded and model_path is not None and record["status"] == "ok":
+        add_decoded(adata, model_path, transform_batch=decoded_batch)
+    elif decoded and record["status"] == "ok":
+        logger.info("no layers[%r]: a baseline has no decoder", DECODED_LAYER)
 
     obsp = _graph_kept(adata, graph_max_cells) if record["status"] == "ok" else []
     write_run(
@@ -324,8 +335,6 @@ def run_cluster(
     record = jsonable(record)
     write_json(record, metrics_json)
     if umap_plot is not None:
-        from scvae.plotting.comparison import plot_umap_grid
-
         name = run_name or _default_run_name(output_h5ad)
         plot_umap_grid(
             {name: adata},
@@ -342,44 +351,13 @@ MARKER_KEYS = ("rank_genes_groups", "rank_genes_groups_label")
 """Keys in ``uns`` of the marker genes of the clusters and of the labels."""
 
 
-DECODED_LAYER = "scvae_normalized"
-"""Layer of ``final.h5ad`` with the decoded expression."""
-
-
-def _add_decoded(
-    adata: ad.AnnData, model_path: str | os.PathLike, max_values: int, batch: str | None
-) -> None:
-    """The decoded expression in ``layers[DECODED_LAYER]``, when small enough."""
-    n_values = adata.n_obs * adata.n_vars
-    if not max_values or n_values > max_values:
-        logger.info(
-            "no layers[%r]: %d cells x %d genes = %d values, above decoded_max_values=%d",
-            DECODED_LAYER,
-            adata.n_obs,
-            adata.n_vars,
-            n_values,
-            max_values,
-        )
-        return
-    from scvae.model import SCVAE
-
-    model = SCVAE.load(model_path)
-    layer = "counts" if "counts" in adata.layers else None
-    adata.layers[DECODED_LAYER] = model.get_normalized_expression(
-        adata, layer=layer, transform_batch=batch
-    )
-    params = {"library_size": 1e4, "transform_batch": batch or "", "model": str(model_path)}
-    adata.uns.setdefault("scvae", {}).setdefault("cluster", {})["decoded"] = params
-    logger.info("decoded expression in layers[%r] (per 10,000 counts)", DECODED_LAYER)
-
-
 def _rank_markers(adata: ad.AnnData, key: str, label_key: str) -> ad.AnnData | None:
     """Marker genes of the clusters and the labels; the cells ranked by cluster (for the plot)."""
-    layer = "counts" if "counts" in adata.layers else None
-    ranked = rank_markers(adata, key, layer=layer, key_added=MARKER_KEYS[0])
+    layer = counts_layer(adata)
+    rank_markers(adata, key, layer=layer, key_added=MARKER_KEYS[0])
     if label_key in adata.obs.columns:
         rank_markers(adata, label_key, layer=layer, key_added=MARKER_KEYS[1])
-    return ranked
+    return marker_cells(adata, MARKER_KEYS[0]) if MARKER_KEYS[0] in adata.uns else None
 
 
 def _graph_kept(adata: ad.AnnData, max_cells: int) -> list[str]:

@@ -1,4 +1,10 @@
-"""Small helpers the diagnostics share: input types, generators, float64 tensors, chunk size."""
+"""Small tensor helpers: input types, generators, float64 tensors, chunk size.
+
+They sit with the module, below training and the diagnostics, because both estimate
+from the encoder's posteriors: the aggressive phase of training stops on the mutual
+information (:mod:`scvae.module.aggregate`), the diagnostics measure KL, MI, the IWAE
+bound and the decoder's Jacobian with them.
+"""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ import anndata
 import numpy as np
 import pytest
 
-import scvae.preprocess.run
+import scvae.stages.preprocess
 from scvae.errors import InputError
-from scvae.preprocess.run import run_preprocess
+from scvae.stages.preprocess import run_preprocess
 
 
 def test_run_preprocess_end_to_end(small_counts, tmp_path):
@@ -29,7 +29,7 @@ def test_run_preprocess_end_to_end(small_counts, tmp_path):
 def test_large_csr_h5ad_is_streamed_and_others_read_in_memory(small_counts, tmp_path, monkeypatch):
     streamed = []
     monkeypatch.setattr(
-        scvae.preprocess.run, "preprocess_h5ad_backed", lambda *a, **k: streamed.append(a[0])
+        scvae.stages.preprocess, "preprocess_h5ad_backed", lambda *a, **k: streamed.append(a[0])
     )
     monkeypatch.setenv("SCVAE_BACKED_MIN_GB", "0")  # every file counts as large
     small_counts.write_h5ad(tmp_path / "csr.h5ad")
@@ -72,7 +72,7 @@ def test_large_sample_files_are_an_error(small_counts, tmp_path, monkeypatch):
 def test_a_large_file_streams_with_its_batches(small_counts, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        scvae.preprocess.run, "preprocess_h5ad_backed", lambda *a, **k: calls.append(k)
+        scvae.stages.preprocess, "preprocess_h5ad_backed", lambda *a, **k: calls.append(k)
     )
     monkeypatch.setenv("SCVAE_BACKED_MIN_GB", "0")
     small_counts.write_h5ad(tmp_path / "in.h5ad")

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scvae import baseline, cluster
+from scvae import baseline
 from scvae import metrics as M
-from scvae.data.runs import read_run
+from scvae.data.runfiles import read_run
 from scvae.errors import InputError
 from scvae.scores import score
+from scvae.stages import cluster
+from scvae.stages.baseline import run_baseline
 from scvae.utils.jsonio import write_json
 
 N_CELLS = 600  # cells of the pbmc_counts fixture
@@ -26,7 +28,7 @@ def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
     src = tmp_path / "pre.h5ad"
     pbmc_counts.write_h5ad(src)
     base = tmp_path / "pca10.h5ad"
-    rec = baseline.run_baseline(src, base, method="pca", n_components=10, seed=0)
+    rec = run_baseline(src, base, method="pca", n_components=10, seed=0)
     assert rec["status"] == "ok"
     written = ad.read_h5ad(base)
     assert written.obsm["X_scvae"].shape == (N_CELLS, 10)
@@ -63,7 +65,7 @@ def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
 def test_run_cluster_averages_kmeans_fits(pbmc_counts, tmp_path):
     src, base = tmp_path / "pre.h5ad", tmp_path / "pca10.h5ad"
     pbmc_counts.write_h5ad(src)
-    baseline.run_baseline(src, base, method="pca", n_components=10, target_sum=1e4)
+    run_baseline(src, base, method="pca", n_components=10, target_sum=1e4)
     fixed = baseline.pca_embedding(pbmc_counts, n_components=10, target_sum=1e4)
     labels = pbmc_counts.obs["label"].to_numpy()
     fits = {}
@@ -149,9 +151,7 @@ def test_unavailable_scvi_baseline_flows_through(pbmc_counts, tmp_path, monkeypa
     src = tmp_path / "pre.h5ad"
     pbmc_counts[:50].copy().write_h5ad(src)
     base = tmp_path / "scvi10.h5ad"
-    assert baseline.run_baseline(src, base, method="scvi", n_components=10)["status"] == (
-        "unavailable"
-    )
+    assert run_baseline(src, base, method="scvi", n_components=10)["status"] == ("unavailable")
 
     out_json = tmp_path / "metrics.json"
     umap = tmp_path / "umap.png"
@@ -286,34 +286,33 @@ def test_batch_key_of():
     assert cluster.batch_key_of(adata) == "batch"
 
 
-def test_run_cluster_adds_decoded_expression_below_the_size_limit(small_counts, tmp_path):
-    import torch
-
+def test_run_cluster_adds_decoded_expression_only_when_asked(small_counts, tmp_path):
+    from scvae.decode import DECODED_LAYER
     from scvae.model import SCVAE
-    from scvae.module.config import VAEConfig
-    from scvae.module.vae import VAE
-    from scvae.training.settings import TrainConfig
+    from scvae.stages.train import run_train
 
-    torch.manual_seed(0)
-    module = VAE(VAEConfig(n_input=small_counts.n_vars, n_latent=3, n_hidden=8)).eval()
-    model = SCVAE(module, TrainConfig(), list(small_counts.var_names))
-    model.save(tmp_path / "model.pt")
-    latent = small_counts.copy()
-    latent.obsm["X_scvae"] = model.get_latent(latent)
-    latent.write_h5ad(tmp_path / "latent.h5ad")
-    limit = small_counts.n_obs * small_counts.n_vars
-    for max_values, written in ((limit, True), (limit - 1, False), (0, False)):
-        out = tmp_path / f"final{max_values}.h5ad"
+    small_counts.write_h5ad(tmp_path / "pre.h5ad")
+    fast = {"n_latent": 3, "n_hidden": 8, "threads": 1, "max_epochs": 1}
+    outputs = [tmp_path / name for name in ("model.pt", "history.tsv", "latent.h5ad")]
+    run_train(tmp_path / "pre.h5ad", *outputs, settings=fast)
+    model = SCVAE.load(tmp_path / "model.pt")
+    # Off by default, even with the model at hand; on, from the model; a baseline (no
+    # model) has no decoder, so asking for it there writes nothing and is no error.
+    for options, written in (
+        ({"model_path": tmp_path / "model.pt"}, False),
+        ({"model_path": tmp_path / "model.pt", "decoded": True}, True),
+        ({"decoded": True}, False),
+    ):
+        out = tmp_path / f"final{len(options)}{written}.h5ad"
         cluster.run_cluster(
-            tmp_path / "latent.h5ad",
-            out,
-            tmp_path / "metrics.json",
-            markers=False,
-            model_path=tmp_path / "model.pt",
-            decoded_max_values=max_values,
+            tmp_path / "latent.h5ad", out, tmp_path / "metrics.json", markers=False, **options
         )
         final = ad.read_h5ad(out)
-        assert (cluster.DECODED_LAYER in final.layers) is written, max_values
-    decoded = ad.read_h5ad(tmp_path / f"final{limit}.h5ad").layers[cluster.DECODED_LAYER]
+        assert (DECODED_LAYER in final.layers) is written, options
+        assert ("decoded" in final.uns["scvae"]) is written, options
+    final = ad.read_h5ad(tmp_path / "final2True.h5ad")
+    decoded = final.layers[DECODED_LAYER]
     np.testing.assert_allclose(decoded.sum(1), 1e4, rtol=1e-4)
-    np.testing.assert_allclose(decoded, model.get_normalized_expression(latent), rtol=1e-6)
+    want = model.get_normalized_expression(read_run(tmp_path / "latent.h5ad"))
+    np.testing.assert_allclose(decoded, want, rtol=1e-6)
+    assert final.uns["scvae"]["decoded"]["model"] == str(tmp_path / "model.pt")
