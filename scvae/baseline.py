@@ -5,7 +5,7 @@ Array-level functions (:func:`pca_embedding`, :func:`harmony_embedding`,
 :func:`harmony`, :func:`scvi`: ``scvae.tl``). The workflow's ``baseline`` stage, which
 writes each as a run file like a trained variant's, is :mod:`scvae.stages.baseline`;
 run names (``pca<N>``, ``harmony``, ``scvi``, ``scvi_e<N>``) and which runs a dataset
-gets are in :mod:`scvae.baseline_names`.
+gets are in :mod:`scvae.workflow_runs`.
 
 The batch and covariates come from the preprocessing record:
 ``uns["scvae"]["preprocess"]["batch_key"]`` (the column, ``"batch"``, or absent/None
@@ -24,11 +24,11 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
-from scvae.baseline_names import HARMONY_N_COMPONENTS
 from scvae.data.loaders import counts_data, counts_matrix
 from scvae.data.ondisk import H5CSR, is_ondisk, row_chunks, row_sums, take_rows
 from scvae.errors import InputError
 from scvae.utils.extras import import_optional
+from scvae.workflow_runs import HARMONY_N_COMPONENTS
 
 __all__ = [
     "PCA_N_COMPONENTS",

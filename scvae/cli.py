@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -22,8 +23,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from scvae.baseline_names import BASELINE_METHODS, HARMONY_N_COMPONENTS
 from scvae.errors import InputError, MissingExtraError, TrainingError
+from scvae.workflow_runs import BASELINE_METHODS, HARMONY_N_COMPONENTS
 
 log = logging.getLogger("scvae")
 
@@ -70,6 +71,7 @@ def _positive_int(text: str) -> int:
 
 
 def _target_sum_arg(text: str) -> float | None:
+    # On use: scvae.baseline loads scanpy, which `scvae --help` must not.
     from scvae.baseline import parse_target_sum
 
     try:
@@ -91,6 +93,10 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
     )
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# The commands import their stage (and torch) when they run, not at the top: `scvae --help`
+# loads no torch, Pyro or scanpy (tests/test_layout.py) and each command only its own stage.
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> None:
@@ -174,6 +180,8 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
         umap_plot=args.umap_plot,
         markers_tsv=args.markers,
         marker_plot=args.marker_plot,
+        known_markers=args.known_markers,
+        known_markers_plot=args.known_markers_plot,
         model_path=args.model,
         **args.params,
     )
@@ -352,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--umap-plot", default=None, help="UMAP figure (.png)")
     p.add_argument("--markers", default=None, help="marker genes table (.tsv)")
     p.add_argument("--marker-plot", default=None, help="marker genes dot plot (.png)")
+    p.add_argument(
+        "--known-markers",
+        type=_json_arg,
+        default=None,
+        help='known marker genes as JSON, cell type -> genes: {"B": ["MS4A1", "CD79A"]}',
+    )
+    p.add_argument(
+        "--known-markers-plot", default=None, help="dot plot of the known marker genes (.png)"
+    )
     p.add_argument("--model", default=None, help="the run's model.pt (for cluster: decoded)")
     p.add_argument("--params", type=_json_arg, default={}, help="clustering settings JSON")
     p.set_defaults(func=_cmd_cluster)
@@ -486,8 +503,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process and its finished children, in MB."""
-    import resource
-
     # Linux reports kilobytes (macOS bytes; the log line is for Linux clusters).
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

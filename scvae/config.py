@@ -16,10 +16,10 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from scvae.baseline_names import HARMONY_N_COMPONENTS
 from scvae.presets import DEFAULT_PRESET, PRESETS, preset_overrides
 from scvae.training.settings import MODEL_KEYS, TRAIN_KEYS, default_settings
 from scvae.utils.signature import source_defaults
+from scvae.workflow_runs import HARMONY_N_COMPONENTS
 
 __all__ = [
     "DEFAULTS_FROM",

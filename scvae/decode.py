@@ -125,6 +125,8 @@ def add_decoded(
         When the model file cannot be loaded, or the cells lack the model's genes or
         covariate columns, or ``transform_batch`` is not one of the model's batches.
     """
+    # On use: the model loads torch and Pyro, which read_run and the cluster stage need
+    # only with decoded=True.
     from scvae.model import SCVAE
 
     if batch_size is not None and batch_size < 1:

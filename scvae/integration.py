@@ -295,6 +295,7 @@ def scib_scores(
         labels = _as_strings(labels, n, "labels")
 
     scib_metrics = _import_scib_metrics()
+    # An optional dependency (the integration extra), here after the check above.
     from scib_metrics.nearest_neighbors import pynndescent
 
     start = time.perf_counter()
@@ -373,6 +374,7 @@ def unintegrated_pca(counts: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarra
     numpy.ndarray
         Cells x components.
     """
+    # On use, as scvae.clustering in integration_scores: the comparison stage does without.
     import scanpy as sc
 
     X = sp.csr_matrix(counts, dtype=np.float32, copy=True)

@@ -7,7 +7,8 @@ log1p-transformed, as scanpy's tutorials do; the result goes into ``uns[key_adde
 exactly as scanpy writes it, so that ``sc.get.rank_genes_groups_df`` and
 ``sc.pl.rank_genes_groups_dotplot`` read it. :func:`marker_table` turns it into a flat
 table and :func:`marker_dotplot` draws the top genes per group (``scvae.tl.rank_markers``
-and ``scvae.pl.marker_dotplot``).
+and ``scvae.pl.marker_dotplot``). :func:`known_marker_dotplot` draws the expression of
+genes the user names, the known markers of cell types (``scvae.pl.known_marker_dotplot``).
 
 The ``cluster`` stage (:func:`scvae.stages.cluster.run_cluster`) calls these for the Leiden
 clusters and, when the cells have labels, for the labels, and writes the dot plot with
@@ -443,13 +444,15 @@ def _group_order(source: pd.Series, found: pd.Index) -> list[str]:
         order = sorted(
             map(str, found), key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g)
         )
-    return [g for g in order if g in set(found)]
+    present = set(found)
+    return [g for g in order if g in present]
 
 
-# Inches of a dot plot panel besides its rows (brackets and group names above, gene
-# names below) and of the figure besides the gene columns and the group names.
-_PANEL_EXTRA = 1.9
-_WIDTH_EXTRA = 2.6
+# Inches per character of the tick and bracket labels (vertical gene and group names),
+# of the y label beside the group names, and of the figure's title.
+_CHAR = 0.09
+_YLABEL_WIDTH = 0.5
+_TITLE_HEIGHT = 0.4
 
 
 def _known_dotplot(
@@ -460,36 +463,49 @@ def _known_dotplot(
     standard_scale: str | None,
 ) -> Figure:
     """One dot plot panel per obs column of ``keys``, stacked, on shared scales."""
-    genes = [g for group in marker_genes.values() for g in group]
-    values = cells[:, list(dict.fromkeys(genes))].X.toarray()
-    n_groups, vmax, dot_max = [], 0.0, 0.0
+    genes = list(dict.fromkeys(g for group in marker_genes.values() for g in group))
+    values = pd.DataFrame(cells[:, genes].X.toarray(), columns=genes)
+    vmax, dot_max = 0.0, 0.0
     for key in keys:
-        groups = cells.obs[key]
-        n_groups.append(groups.cat.categories.size)
-        means = pd.DataFrame(values).groupby(groups.values, observed=True)
-        vmax = max(vmax, float(means.mean().to_numpy().max()))
-        dot_max = max(
-            dot_max,
-            float(
-                (pd.DataFrame(values) > 0)
-                .groupby(groups.values, observed=True)
-                .mean()
-                .to_numpy()
-                .max()
-            ),
-        )
-    names = max(len(str(c)) for key in keys for c in cells.obs[key].cat.categories)
-    heights = [n * sc.pl.DotPlot.DEFAULT_CATEGORY_HEIGHT + _PANEL_EXTRA for n in n_groups]
-    width = len(genes) * sc.pl.DotPlot.DEFAULT_CATEGORY_WIDTH + 0.09 * names + _WIDTH_EXTRA
-    fig = Figure(figsize=(width, sum(heights) + (0.4 if title else 0)), layout=None)
-    axes = fig.subplots(len(keys), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
-    for i, (ax, key) in enumerate(zip(axes[:, 0], keys, strict=True)):
+        groups = cells.obs[key].to_numpy()
+        vmax = max(vmax, float(values.groupby(groups).mean().to_numpy().max()))
+        dot_max = max(dot_max, float((values > 0).groupby(groups).mean().to_numpy().max()))
+    # Each panel as tall as scanpy makes a dot plot of its own (a spacer, the brackets,
+    # the rows), so that the layout inside it is scanpy's, in inches.
+    dotplot = sc.pl.DotPlot
+    row = dotplot.DEFAULT_CATEGORY_HEIGHT
+    heights = [
+        max(dotplot.MIN_FIGURE_HEIGHT, cells.obs[k].cat.categories.size * row + 1) for k in keys
+    ]
+    # Vertical group names longer than scanpy's spacer above the brackets reach above
+    # the panel; the gene names hang below it.
+    above = max(0.0, _CHAR * max(map(len, marker_genes)) + 0.3 - (1 - row / 2))
+    below = _CHAR * max(map(len, genes)) + 0.2
+    ratios = [h for height in heights for h in (above + below, height)][1:]
+    top = above + (_TITLE_HEIGHT if title else 0.1)
+    fig_height = top + sum(ratios) + below
+    names = max(len(str(c)) for k in keys for c in cells.obs[k].cat.categories)
+    left = _YLABEL_WIDTH + _CHAR * names
+    n_columns = sum(len(group) for group in marker_genes.values())
+    panel_width = n_columns * dotplot.DEFAULT_CATEGORY_WIDTH + dotplot.DEFAULT_LEGENDS_WIDTH
+    fig_width = left + panel_width + 0.2
+    fig = Figure(figsize=(fig_width, fig_height))
+    grid = fig.add_gridspec(
+        len(ratios),
+        1,
+        height_ratios=ratios,
+        hspace=0,
+        left=left / fig_width,
+        right=1 - 0.2 / fig_width,
+        top=1 - top / fig_height,
+        bottom=below / fig_height,
+    )
+    for i, key in enumerate(keys):
         dot = sc.pl.DotPlot(
             cells,
             marker_genes,
             key,
-            ax=ax,
-            title=f"by {key}",
+            ax=fig.add_subplot(grid[2 * i]),
             standard_scale=standard_scale,
             # One colour and one size scale for every panel.
             vmin=0.0 if standard_scale is None else None,
@@ -497,8 +513,11 @@ def _known_dotplot(
         )
         dot.style(dot_max=dot_max, dot_min=0.0)
         if i:
-            dot.legend(show=False)  # the first panel's legends hold for all
+            # The first panel's legends hold for all; the space stays, so that the
+            # panels' columns line up.
+            dot.legend(show_size_legend=False, show_colorbar=False)
         dot.make_figure()
+        dot.get_axes()["mainplot_ax"].set_ylabel(key)
     if title:
         fig.suptitle(title)
     return fig
@@ -540,8 +559,8 @@ def known_marker_dotplot(
     layer
         Layer of the raw counts.
     standard_scale
-        ``"var"``: scale each gene's means to 0-1 over the rows of each panel, as
-        scanpy's option does; None: the means themselves.
+        ``"var"`` (``"group"``): scale the means to 0-1 per gene (per row) in each
+        panel, as scanpy's option does; None: the means themselves.
     max_cells
         Draw at most this many random cells (0: all).
     seed
@@ -554,8 +573,8 @@ def known_marker_dotplot(
     Returns
     -------
     matplotlib.figure.Figure or None
-        The figure; None (with a warning, and nothing saved) when none of the genes
-        is in ``adata``.
+        The figure; None (with a warning naming the genes, and nothing saved) when
+        none of them is in ``adata``.
 
     Raises
     ------
@@ -567,15 +586,19 @@ def known_marker_dotplot(
     if not keys:
         raise InputError("groupby: no obs column given to group the cells by")
     present, absent = _known_genes(marker_genes, adata.var_names)
+    if not present:
+        log.warning(
+            "none of the known marker genes %s is among the data's %d genes: no dot plot",
+            absent,
+            adata.n_vars,
+        )
+        return None
     if absent:
         log.warning(
             "known marker genes not among the data's %d genes, left out: %s",
             adata.n_vars,
             absent,
         )
-    if not present:
-        log.warning("none of the known marker genes is in the data: no dot plot")
-        return None
     rows = _marker_rows(adata.n_obs, max_cells, seed)
     cells = _marker_cells(adata, keys, layer, rows)
     for key in keys:

@@ -4,6 +4,7 @@
 ``qc``                    counts, genes and mitochondrial fraction per cell, thresholds
 ``umap``                  UMAP by cell-type label, batch and Leiden cluster
 ``marker_dotplot``        the top marker genes per group (after ``scvae.tl.rank_markers``)
+``known_marker_dotplot``  known marker genes of cell types, by label and by cluster
 ``kl_per_dim``            KL and mutual information per latent dimension
 ``sensitivity_vs_kl``     decoder sensitivity against KL per dimension
 ``jtj_spectrum``          the spectrum of the decoder's J^T J
@@ -28,6 +29,7 @@ __getattr__, __dir__, __all__ = lazy_attributes(
         "qc": "scvae.plotting.qc",
         "umap": "scvae.plotting.comparison",
         "marker_dotplot": "scvae.markers",
+        "known_marker_dotplot": "scvae.markers",
         "kl_per_dim": "scvae.plotting.diagnostics",
         "sensitivity_vs_kl": "scvae.plotting.diagnostics",
         "jtj_spectrum": "scvae.plotting.diagnostics",

@@ -15,9 +15,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from scvae import baseline
-from scvae.baseline_names import HARMONY_N_COMPONENTS
 from scvae.errors import InputError
 from scvae.stages.baseline import run_baseline
+from scvae.workflow_runs import HARMONY_N_COMPONENTS
 
 N_CELLS = 600  # cells of the pbmc_counts fixture
 HAS_SCVI = importlib.util.find_spec("scvi") is not None

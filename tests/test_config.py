@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scvae.baseline_names import HARMONY_N_COMPONENTS
 from scvae.config import (
     DEFAULTS_FROM,
     READER_KEYS,
@@ -25,6 +24,7 @@ from scvae.config import (
 )
 from scvae.presets import DEFAULT_PRESET
 from scvae.training.settings import default_settings
+from scvae.workflow_runs import HARMONY_N_COMPONENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"datasets": {"d": {"path": "d.h5ad"}}, "run_variants": ["vanilla"], "seeds": [0]}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import io
 import re
 import subprocess
 import sys
+import tokenize
 from collections import defaultdict
 from pathlib import Path
 
@@ -145,6 +147,73 @@ def test_only_the_atlas_and_the_cli_import_the_atlas():
         if target.startswith("scvae.atlas") and not name.startswith(ATLAS_IMPORTERS)
     ]
     assert offenders == []
+
+
+# An import inside a function says why it is not at the top of its module (it keeps
+# `import scvae` or `scvae --help` light, it is an optional dependency, or a lower layer
+# uses a higher one on demand): a comment on its line or on one of the lines above. The
+# command line's deferred stage imports share one comment above its commands.
+DEFERRED_IMPORT_EXEMPT = ("scvae.cli",)
+COMMENT_REACH = 2
+"""Lines above a function-level import where its comment may be."""
+
+
+def _unexplained_imports(source: str) -> list[str]:
+    """Imports inside a function with no comment on their line or the COMMENT_REACH above."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    commented = {t.start[0] for t in tokens if t.type == tokenize.COMMENT}
+    found = {
+        (node.lineno, ast.unparse(node))
+        for function in ast.walk(ast.parse(source))
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        and not commented & set(range(node.lineno - COMMENT_REACH, node.lineno + 1))
+    }
+    return [f"line {line}: {code}" for line, code in sorted(found)]
+
+
+def test_every_function_level_import_says_why():
+    modules = _modules()
+    assert set(DEFERRED_IMPORT_EXEMPT) <= set(modules)  # no stale name in the exemptions
+    offenders = [
+        f"{name} {found}"
+        for name, path in modules.items()
+        if name not in DEFERRED_IMPORT_EXEMPT
+        for found in _unexplained_imports(path.read_text())
+    ]
+    assert offenders == [], "move these to the top, or comment why they are deferred"
+
+
+def test_the_deferred_import_guard_needs_a_comment_close_by():
+    source = (
+        "import os  # a module-level import needs no reason\n"
+        "\n"
+        "def f():\n"
+        "    import torch\n"  # line 4: no comment
+        "    # the diagnostics sit above the model\n"
+        "    from scvae import diagnostics\n"  # line 6: a comment just above
+        "    import scanpy  # light import\n"  # line 7: on its line
+        "    x = '#'\n"
+        "    y = 1\n"
+        "    import numpy\n"  # line 10: a '#' in a string is no comment
+        "    # too far above\n"
+        "    y = 2\n"
+        "    y = 3\n"
+        "    import pyro\n"  # line 14: its comment is 3 lines up
+        "\n"
+        "class A:\n"
+        "    def g(self):\n"
+        "        def h():\n"
+        "            import pandas\n"  # line 19: nested, reported once
+        "        return h\n"
+    )
+    assert _unexplained_imports(source) == [
+        "line 4: import torch",
+        "line 10: import numpy",
+        "line 14: import pyro",
+        "line 19: import pandas",
+    ]
 
 
 # The core's layers, from the bottom up: each imports only itself, the layers below it
@@ -385,9 +454,6 @@ def _smk_functions(text: str) -> list[ast.FunctionDef]:
 
 def _smk_offences(text: str) -> list[str]:
     """Numbers other than 0 and 1, and functions longer than MAX_FUNCTION_LINES."""
-    import io
-    import tokenize
-
     tokens = tokenize.generate_tokens(io.StringIO(text).readline)
     found = [
         f"line {t.start[0]}: {t.string}"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from matplotlib.figure import Figure
 
+from scvae.errors import InputError
 from scvae.markers import (
     MARKER_COLUMNS,
+    known_marker_dotplot,
     log_normalized,
     marker_cells,
     marker_table,
@@ -108,3 +113,60 @@ def test_kang_cell_types_get_their_known_markers(shared_data):
         assert known & set(top), f"{cell_type}: none of {known} in its top 20 genes {top}"
     mono = list(table.loc[table["group"] == "CD14+Mono", "gene"])
     assert {"CD14", "LYZ"} & set(mono), mono
+
+
+def _panels(fig: Figure) -> dict[str, list[str]]:
+    """The dot plot panels of a figure: y label (the obs column) -> its rows, top down."""
+    return {
+        ax.get_ylabel(): [t.get_text() for t in ax.get_yticklabels()]
+        for ax in fig.axes
+        if ax.get_ylabel()
+    }
+
+
+def test_known_marker_dotplot_draws_one_panel_per_grouping(tmp_path):
+    adata = _groups()
+    # A grouping of numbered groups that is not categorical: rows 1, 2, 10, not 1, 10, 2.
+    adata.obs["plate"] = np.resize(["10", "2", "1"], adata.n_obs)
+    markers = {"A": ["g0"], "B and C": ["g1", "g2"]}
+    fig = known_marker_dotplot(
+        adata, marker_genes=markers, groupby=["cluster", "plate"], save=tmp_path / "k.png"
+    )
+    assert isinstance(fig, Figure)
+    assert (tmp_path / "k.png").read_bytes()[:4] == b"\x89PNG"
+    panels = _panels(fig)
+    assert panels == {
+        "cluster": ["a", "b", "c"],
+        "plate": ["1", "2", "10"],
+    }
+    main = next(ax for ax in fig.axes if ax.get_ylabel() == "cluster")
+    assert [t.get_text() for t in main.get_xticklabels()] == ["g0", "g1", "g2"]
+    assert list(_panels(known_marker_dotplot(adata, marker_genes=markers, groupby="cluster"))) == [
+        "cluster"
+    ]
+
+
+def test_known_marker_dotplot_leaves_out_absent_genes_with_one_warning(caplog):
+    adata = _groups()
+    markers = {"A": ["g0", "CD14"], "B": ["LYZ"], "C": ["g2", "CD14"]}
+    with caplog.at_level(logging.WARNING, logger="scvae.markers"):
+        fig = known_marker_dotplot(adata, marker_genes=markers, groupby="cluster")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "['CD14', 'LYZ']" in warnings[0]
+    main = next(ax for ax in fig.axes if ax.get_ylabel() == "cluster")
+    assert [t.get_text() for t in main.get_xticklabels()] == ["g0", "g2"]
+
+
+def test_known_marker_dotplot_without_genes_in_the_data_draws_nothing(tmp_path, caplog):
+    adata = _groups()
+    with caplog.at_level(logging.WARNING, logger="scvae.markers"):
+        fig = known_marker_dotplot(
+            adata, marker_genes={"B": ["MS4A1"]}, groupby="cluster", save=tmp_path / "k.png"
+        )
+    assert fig is None and not (tmp_path / "k.png").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "['MS4A1']" in warnings[0] and "no dot plot" in warnings[0]
+    with pytest.raises(InputError, match=r"marker_genes\['B'\]: expected a list"):
+        known_marker_dotplot(adata, marker_genes={"B": "g0"}, groupby="cluster")
+    with pytest.raises(InputError, match="no obs column 'nope'"):
+        known_marker_dotplot(adata, marker_genes={"A": ["g0"]}, groupby="nope")

@@ -147,7 +147,7 @@ class CountBatches:
 
     @staticmethod
     def _tensor(block, device: torch.device | str) -> torch.Tensor:
-        import torch
+        import torch  # on use: light modules read counts here without torch (see the top)
 
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
         return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
@@ -160,7 +160,7 @@ class CountBatches:
         """Covariate codes of the given rows as a LongTensor (rows x covariates), or None."""
         if self.covariates is None:
             return None
-        import torch
+        import torch  # on use, as in _tensor
 
         return torch.from_numpy(np.ascontiguousarray(self.covariates[rows])).to(device)
 

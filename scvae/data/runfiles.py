@@ -36,6 +36,7 @@ import anndata
 import h5py
 import numpy as np
 import pandas as pd
+from anndata.io import read_elem
 
 from scvae.data.checks import require_exists
 from scvae.data.h5ad import plain_dicts, read_h5ad
@@ -59,8 +60,6 @@ _COMPRESSION = "gzip"
 
 def _extended(path: Path) -> Path | None:
     """The file that ``path`` extends (``uns["scvae"]["extends"]``); None for a full file."""
-    from anndata.io import read_elem
-
     require_exists(path)
     try:
         with h5py.File(path, "r") as f:

@@ -624,6 +624,7 @@ def fit_variance_trend(mean: np.ndarray, variance: np.ndarray, *, span: float = 
     ValueError
         When the fit is singular (scikit-misc's message), as on batches of few cells.
     """
+    # Optional here: without scikit-misc the module loads and require_hvg_backend says so.
     from skmisc.loess import loess
 
     not_const = variance > 0

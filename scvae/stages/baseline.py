@@ -56,10 +56,10 @@ from scvae.baseline import (
     pca_embedding,
     scvi_embedding,
 )
-from scvae.baseline_names import BASELINE_METHODS, HARMONY_N_COMPONENTS, baseline_name
 from scvae.data.h5ad import read_h5ad
 from scvae.data.runfiles import write_run
 from scvae.errors import InputError
+from scvae.workflow_runs import BASELINE_METHODS, HARMONY_N_COMPONENTS, baseline_name
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def run_baseline(
     n_components
         Embedding dimension: PCA components (required for ``"pca"``), Harmony's PCA
         components (None:
-        :data:`scvae.baseline_names.HARMONY_N_COMPONENTS`) or scVI's ``n_latent`` (None:
+        :data:`scvae.workflow_runs.HARMONY_N_COMPONENTS`) or scVI's ``n_latent`` (None:
         scvi-tools' default).
     seed
         Seed for the method.

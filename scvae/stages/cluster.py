@@ -37,6 +37,7 @@ from scvae.errors import InputError
 from scvae.integration import integration_scores
 from scvae.markers import (
     MARKER_COLUMNS,
+    known_marker_dotplot,
     marker_cells,
     marker_table,
     plot_marker_dotplot,
@@ -158,6 +159,8 @@ def run_cluster(
     marker_genes: int = 10,
     markers_tsv: str | os.PathLike | None = None,
     marker_plot: str | os.PathLike | None = None,
+    known_markers: Mapping[str, Sequence[str]] | None = None,
+    known_markers_plot: str | os.PathLike | None = None,
     model_path: str | os.PathLike | None = None,
     decoded: bool = False,
     decoded_batch: str | None = None,
@@ -235,6 +238,15 @@ def run_cluster(
         only when there are no markers).
     marker_plot
         PNG of the dot plot of the top 3 markers per cluster (a note when there are none).
+    known_markers
+        Known marker genes of the dataset's cell types: cell type -> gene symbols
+        (``datasets.<name>.known_markers`` of the workflow config), for
+        ``known_markers_plot``.
+    known_markers_plot
+        PNG of their dot plot (:func:`scvae.markers.known_marker_dotplot`, on the cells
+        and the log-normalized counts of the marker ranking), by label when the cells
+        have labels and by primary cluster; a note when there are no such genes (none
+        given, or none in the data).
     model_path
         The run's ``model.pt`` (a trained VAE; None for baselines), for ``decoded``.
     decoded
@@ -317,6 +329,12 @@ def run_cluster(
             title = run_name or _default_run_name(output_h5ad)
             why = "markers are off (cluster: markers: false)" if not markers else ""
             plot_marker_dotplot(ranked, marker_plot, title=title, empty_note=why)
+    if known_markers_plot is not None:
+        title = run_name or _default_run_name(output_h5ad)
+        clustered = record["status"] == "ok"
+        _plot_known_markers(
+            adata, known_markers, known_markers_plot, key, label_key, title, clustered
+        )
 
     if decoded and model_path is not None and record["status"] == "ok":
         add_decoded(adata, model_path, transform_batch=decoded_batch)
@@ -358,6 +376,36 @@ def _rank_markers(adata: ad.AnnData, key: str, label_key: str) -> ad.AnnData | N
     if label_key in adata.obs.columns:
         rank_markers(adata, label_key, layer=layer, key_added=MARKER_KEYS[1])
     return marker_cells(adata, MARKER_KEYS[0]) if MARKER_KEYS[0] in adata.uns else None
+
+
+def _plot_known_markers(
+    adata: ad.AnnData,
+    known_markers: Mapping[str, Sequence[str]] | None,
+    path: str | os.PathLike,
+    key: str,
+    label_key: str,
+    title: str,
+    clustered: bool,
+) -> None:
+    """The dot plot of the known marker genes by label and cluster, or a note why none."""
+    fig = None
+    if not known_markers:
+        note = "no known marker genes given (config: datasets.<name>.known_markers)"
+    elif not clustered:
+        note = "no clusters: the baseline is unavailable (metrics.json says why)"
+    else:
+        keys = [k for k in (label_key, key) if k in adata.obs.columns]
+        fig = known_marker_dotplot(
+            adata,
+            marker_genes=known_markers,
+            groupby=keys,
+            layer=counts_layer(adata),
+            title=title,
+            save=path,
+        )
+        note = "none of the known marker genes is among the data's genes"
+    if fig is None:
+        plot_marker_dotplot(None, path, empty_note=note)
 
 
 def _graph_kept(adata: ad.AnnData, max_cells: int) -> list[str]:

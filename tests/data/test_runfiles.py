@@ -15,6 +15,7 @@ import pytest
 from scipy import sparse
 
 import scvae.data.runfiles
+import scvae.stages.cluster
 import scvae.stages.train
 from scvae.baseline import pca_embedding
 from scvae.data.h5ad import read_h5ad, write_h5ad
@@ -91,9 +92,9 @@ def _full_files(monkeypatch, folder):
         full.uns["scvae"] = {k: v for k, v in full.uns["scvae"].items() if k != EXTENDS_KEY}
         full.write_h5ad(folder / Path(path).name)
 
-    # The training stage imported the name; the cluster stage imports it when it runs.
+    # Where the stages that write run files took the name from scvae.data.runfiles.
     monkeypatch.setattr(scvae.stages.train, "write_run", spy)
-    monkeypatch.setattr(scvae.data.runfiles, "write_run", spy)
+    monkeypatch.setattr(scvae.stages.cluster, "write_run", spy)
 
 
 def test_a_run_opened_with_its_counts_equals_the_full_files(preprocessed, tmp_path, monkeypatch):

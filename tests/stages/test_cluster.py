@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from matplotlib.image import imread
 
 from scvae import baseline
 from scvae import metrics as M
@@ -22,6 +25,8 @@ from scvae.stages.baseline import run_baseline
 from scvae.utils.jsonio import write_json
 
 N_CELLS = 600  # cells of the pbmc_counts fixture
+KANG = Path(__file__).resolve().parents[2] / "resources" / "kang"
+KANG /= "kang_ifnb_2conditions_counts.h5ad"
 
 
 def test_run_baseline_and_run_cluster_round_trip(pbmc_counts, tmp_path):
@@ -162,13 +167,53 @@ def test_unavailable_scvi_baseline_flows_through(pbmc_counts, tmp_path, monkeypa
         umap_plot=umap,
         markers_tsv=tmp_path / "markers.tsv",
         marker_plot=tmp_path / "markers.png",
+        known_markers={"B": ["gene1"]},
+        known_markers_plot=tmp_path / "known_markers.png",
     )
     assert umap.is_file()  # a placeholder panel, so the pipeline's output exists
     assert (tmp_path / "markers.png").is_file()
+    assert (tmp_path / "known_markers.png").is_file()
     assert pd.read_csv(tmp_path / "markers.tsv", sep="\t").empty  # header only
     assert record["status"] == "unavailable"
     assert record["metrics"] == {}
     assert "scvi-tools" in json.loads(out_json.read_text())["reason"]
+
+
+def test_run_cluster_draws_known_markers_by_label_and_cluster(tmp_path, caplog):
+    kang = ad.read_h5ad(KANG)
+    kang = kang[np.sort(np.random.default_rng(0).choice(kang.n_obs, 600, replace=False))].copy()
+    kang.X = kang.X.astype(np.float32)
+    kang.layers["counts"] = kang.X.copy()
+    kang.obs["label"] = kang.obs["cell_type"]
+    kang.write_h5ad(tmp_path / "pre.h5ad")
+    base = tmp_path / "pca10.h5ad"
+    run_baseline(tmp_path / "pre.h5ad", base, method="pca", n_components=10)
+    known = {"B": ["MS4A1", "CD79A"], "NK": ["NKG7", "GNLY"], "T": ["NOT-A-GENE"]}
+    plot = tmp_path / "figures" / "known_markers.png"
+    with caplog.at_level(logging.WARNING, logger="scvae.markers"):
+        cluster.run_cluster(
+            base,
+            tmp_path / "final.h5ad",
+            tmp_path / "metrics.json",
+            scib=False,
+            markers=False,  # the known markers' figure does not need the ranking
+            known_markers=known,
+            known_markers_plot=plot,
+        )
+    assert "['NOT-A-GENE']" in caplog.text
+    # Two panels (7 labels, the clusters) are taller than a note (200 pixels).
+    drawn = imread(plot)
+    assert drawn.shape[0] > 600 and drawn.shape[1] < 2 * drawn.shape[0]
+    # Without known markers the declared figure is a note.
+    cluster.run_cluster(
+        base,
+        tmp_path / "final2.h5ad",
+        tmp_path / "metrics2.json",
+        scib=False,
+        markers=False,
+        known_markers_plot=tmp_path / "note.png",
+    )
+    assert imread(tmp_path / "note.png").shape[:2] == (200, 500)
 
 
 def test_metrics_json_nan_is_null(tmp_path):
@@ -217,17 +262,15 @@ def _batch_latent(path, *, batch_key: str | None = "batch") -> None:
 
 
 def test_run_cluster_adds_scib_metrics_for_data_with_batches(tmp_path, monkeypatch):
-    from scvae.plotting import comparison
-
     drawn = {}
-    original = comparison.plot_umap_grid
+    original = cluster.plot_umap_grid
 
     def spy(*args, **kwargs):
         fig = original(*args, **kwargs)
         drawn["titles"] = [ax.get_title() for ax in fig.axes]
         return fig
 
-    monkeypatch.setattr(comparison, "plot_umap_grid", spy)
+    monkeypatch.setattr(cluster, "plot_umap_grid", spy)  # the stage's name for it
     src = tmp_path / "latent.h5ad"
     _batch_latent(src)
     out_json, umap = tmp_path / "metrics.json", tmp_path / "umap.png"

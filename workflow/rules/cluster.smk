@@ -22,6 +22,12 @@ rule cluster:
             category="Marker genes",
             labels={"dataset": "{dataset}", "run": "{name}", "seed": "{seed}"},
         ),
+        known_markers_plot=report(
+            "results/{dataset}/{name}/seed{seed}/figures/known_markers.png",
+            caption="../report/known_markers.rst",
+            category="Known marker genes",
+            labels={"dataset": "{dataset}", "run": "{name}", "seed": "{seed}"},
+        ),
     log:
         "logs/{dataset}/{name}/seed{seed}/cluster.log",
     params:
@@ -29,6 +35,8 @@ rule cluster:
         settings=cluster_json,
         diagnostics=lambda wc, input: f"--diagnostics {input.diagnostics}" if input.diagnostics else "",
         model=lambda wc, input: f"--model {input.model}" if input.model else "",
+        # The dataset's datasets.<name>.known_markers; without them the figure is a note.
+        known_markers=lambda wc: json.dumps(config["datasets"][wc.dataset].get("known_markers", {})),
     threads: config["threads"]
     group:
         small_job_group
@@ -41,4 +49,5 @@ rule cluster:
         "{params.cli} --log {log} cluster --input {input.latent} --output {output.final} "
         "--metrics {output.metrics} {params.diagnostics} --umap-plot {output.umap} "
         "--markers {output.markers} --marker-plot {output.marker_plot} {params.model} "
+        "--known-markers {params.known_markers:q} --known-markers-plot {output.known_markers_plot} "
         "--params {params.settings:q}"

@@ -7,7 +7,7 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
-from scvae.baseline_names import (
+from scvae.workflow_runs import (
     BASELINE_PATTERN,
     baseline_arguments,
     baseline_minutes,
@@ -60,7 +60,7 @@ for _key in ("run_variants", "with_batches"):
             )
 SCVI_AVAILABLE = importlib.util.find_spec("scvi") is not None
 SCVI_WANTED = bool(config["baselines"]["scvi"] or config["baselines"]["scvi_epochs"])
-# Baseline runs of each dataset (scvae.baseline_names): Harmony only where the dataset
+# Baseline runs of each dataset (scvae.workflow_runs): Harmony only where the dataset
 # has batches (batch_key or samples), scVI only where scvi-tools is installed.
 BASELINES = {
     name: dataset_baselines(

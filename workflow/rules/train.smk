@@ -35,7 +35,7 @@ rule baseline:
         "logs/{dataset}/{baseline}/seed{seed}/baseline.log",
     params:
         cli=SCVAE,
-        # --method and its options, from the run name (scvae.baseline_names).
+        # --method and its options, from the run name (scvae.workflow_runs).
         args=lambda wc: " ".join(baseline_arguments(wc.baseline, config["baselines"])),
     threads: config["threads"]
     group:

@@ -1,4 +1,4 @@
-"""Names of the baseline runs and which of them a dataset gets; no heavy imports.
+"""The runs the workflow makes of each dataset: baseline run names and which baselines it gets.
 
 The workflow parses its config with these (so the Snakefile loads no scanpy), and
 :mod:`scvae.baseline` computes the runs. A baseline run is a folder name under

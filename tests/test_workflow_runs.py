@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from scvae.baseline_names import (
+from scvae.config import config_with_defaults
+from scvae.workflow_runs import (
     BASELINE_PATTERN,
     BaselineSpec,
     baseline_arguments,
@@ -24,7 +25,6 @@ from scvae.baseline_names import (
     parse_baseline_name,
     scvi_default_epochs,
 )
-from scvae.config import config_with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_SCVI = importlib.util.find_spec("scvi") is not None
