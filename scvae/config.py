@@ -108,11 +108,13 @@ def variant_overrides(config: Mapping, variant: str, *, batches: bool = False) -
     """The settings a variant changes from the config's ``defaults``.
 
     A variant is a preset of the package (:data:`scvae.presets.PRESETS`) or an entry of
-    ``config["variants"]``. An entry starts from the preset its ``preset:`` key names, or
-    from the preset of its own name when there is one (so ``recommended: {n_latent: 30}``
-    changes one setting of ``recommended``), and overrides it; on a dataset with batches
-    the preset's batch-aware form (:data:`scvae.presets.WITH_BATCHES`) comes before the
-    entry's own keys and the variant's entry of ``config["with_batches"]`` after them.
+    ``config["variants"]``. An entry starts from the preset its ``preset:`` key names
+    (``rec_30d: {preset: recommended, n_latent: 30}``), else from the package defaults,
+    and overrides it: an entry is a complete definition, so a config written before the
+    presets existed (whose entries spelled every variant out, ``recommended`` included)
+    means what it meant. On a dataset with batches the preset's batch-aware form
+    (:data:`scvae.presets.WITH_BATCHES`) comes before the entry's own keys, and the
+    variant's entry of ``config["with_batches"]`` after them.
 
     Parameters
     ----------
@@ -141,7 +143,7 @@ def variant_overrides(config: Mapping, variant: str, *, batches: bool = False) -
             f"defined in config 'variants' ({sorted(variants)})"
         )
     entry = dict(variants.get(variant) or {})
-    base = entry.pop("preset", variant if variant in PRESETS else None)
+    base = entry.pop("preset", None) if variant in variants else variant
     if base is not None and base not in PRESETS:
         raise KeyError(
             f"variant {variant!r}: preset {base!r} is not one of the package's presets "

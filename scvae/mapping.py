@@ -1,4 +1,4 @@
-"""The ``map`` stage: put new cells into a trained model's latent space without retraining.
+"""Mapping new cells into a trained model's latent space without retraining.
 
 :func:`map_query` encodes a query dataset with a trained :class:`~scvae.model.SCVAE`:
 

@@ -1,4 +1,4 @@
-"""A fitted model: the trained VAE with its settings, usable without the workflow."""
+"""The model object: a count VAE on an AnnData, from a preset, trained, used and saved."""
 
 from __future__ import annotations
 

@@ -81,22 +81,27 @@ def test_the_workflow_resolves_presets_without_config_entries(config):
     assert on_batches == {**preset_settings("recommended", batches=True), "seed": 0}
 
 
-def test_config_entries_change_or_extend_presets(config):
+def test_config_entries_extend_presets_and_old_entries_keep_their_meaning(config):
     cfg = copy.deepcopy(config)
     cfg["defaults"] = {"max_epochs": 7, "n_latent": 4}
     cfg["variants"] = {
-        "recommended": {"n_latent": 30},  # a preset's own name: starts from it
         "rec_30d": {"preset": "recommended", "n_latent": 30},
-        "mine": {"beta": 2.0},  # no preset of that name: the package defaults
+        "mine": {"beta": 2.0},  # no preset: the package defaults
+        # As configs spelled variants before the presets moved into the package: an
+        # entry is a complete definition, even under a preset's name.
+        "recommended": {"kl_schedule": "linear", "free_bits": 0.5},
     }
-    cfg["with_batches"] = {"recommended": {"n_hidden": 64}}
-    assert resolve_variant(cfg, "recommended", 0)["n_latent"] == 30
-    assert resolve_variant(cfg, "rec_30d", 0) == resolve_variant(cfg, "recommended", 0)
+    cfg["with_batches"] = {"rec_30d": {"n_hidden": 64}}
+    rec_30d = resolve_variant(cfg, "rec_30d", 0)
+    assert rec_30d == {**preset_settings("recommended"), "n_latent": 30, "seed": 0}
     # The preset overrides config defaults; the config entry overrides the preset.
-    assert resolve_variant(cfg, "recommended", 0)["max_epochs"] == 400
+    assert rec_30d["max_epochs"] == 400
     mine = resolve_variant(cfg, "mine", 0)
     assert mine["beta"] == 2.0 and mine["max_epochs"] == 7 and mine["n_latent"] == 4
-    on_batches = variant_overrides(cfg, "recommended", batches=True)
+    old_style = resolve_variant(cfg, "recommended", 0)
+    assert old_style["max_epochs"] == 7 and old_style["n_latent"] == 4
+    assert old_style["free_bits"] == 0.5 and old_style["decoder_layers"] == 1
+    on_batches = variant_overrides(cfg, "rec_30d", batches=True)
     assert on_batches["n_latent"] == 30 and on_batches["decoder_layers"] == 1
     assert on_batches["n_hidden"] == 64
     with pytest.raises(KeyError, match="preset 'nope'"):

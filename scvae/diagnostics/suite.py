@@ -1,4 +1,4 @@
-"""The AnnData edge of the diagnostics: :func:`diagnose` a fitted model, and the workflow's entry.
+"""The AnnData edge of the diagnostics: :func:`diagnose` a fitted model on its cells.
 
 :func:`diagnose` is the only place that touches :class:`~scvae.model.SCVAE` and
 AnnData: it encodes the cells once, runs every measure of the functional core on all

@@ -1,4 +1,4 @@
-"""The workflow's preprocess stage: read, check, plot QC, filter, write -- in memory or streamed."""
+"""The ``preprocess`` stage: read, check, plot QC, filter, write -- in memory or streamed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fitting the VAE: settings, objective, KL schedules, the loop, its checkpoints and stage.
+"""Fitting the VAE: settings, objective, KL schedules and budget, the loop, its checkpoints.
 
 The loop (:mod:`~scvae.training.loop`) draws on the aggressive phase
 (:mod:`~scvae.training.aggressive`) and the calibrated dispersion
