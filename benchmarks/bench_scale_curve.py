@@ -139,8 +139,9 @@ def _fit_scvi(path: Path, kwargs: dict, seed: int):
     model.train(enable_progress_bar=False, **train_kwargs)
     seconds = time.perf_counter() - started
     X = np.asarray(model.get_latent_representation(adata), dtype=np.float32)
-    history = model.history.get("train_loss_epoch")
-    epochs = int(len(history)) if history is not None else None
+    # The epoch log's key differs between scvi-tools versions.
+    keys = ("train_loss_epoch", "elbo_train", "reconstruction_loss_train")
+    epochs = next((int(len(model.history[k])) for k in keys if k in model.history), None)
     info = {
         "epochs": epochs,
         "train_seconds": seconds,
@@ -336,7 +337,7 @@ def cmd_table(args: argparse.Namespace) -> None:
                 continue
             ratio = ""
             if len(scvi) and m != "scvi":
-                ratio = f"{runs['seconds'].mean() / scvi.mean():.2f}"
+                ratio = f"{runs['seconds'].mean() / scvi.mean():.2g}"
             au = ""
             if "active_units" in runs and runs["active_units"].notna().any():
                 au = f"{_cell(runs['active_units'], '.0f')} / {runs['n_latent'].iloc[0]:.0f}"
