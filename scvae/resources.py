@@ -201,7 +201,9 @@ def train_minutes(
     gpu: bool = False,
     attempt: int = 1,
 ) -> int:
-    """Minutes of a training for ``max_epochs`` over the cells (no early stop), per attempt.
+    """Minutes of a training for ``max_epochs`` (or ``max_cells``) over the cells, per attempt.
+
+    No early stop is assumed: the estimate is the budget's upper bound.
 
     Parameters
     ----------
@@ -222,7 +224,11 @@ def train_minutes(
         Minutes.
     """
     width = _width(settings) * max(1, settings["n_layers"], settings["decoder_layers"])
-    seconds = TRAIN_SECONDS * settings["max_epochs"] * cells * genes * width / threads**0.5
+    epochs = settings["max_epochs"]
+    if settings.get("max_cells"):
+        # A cap in cells seen ends training before max_epochs on large data.
+        epochs = min(epochs, settings["max_cells"] / max(cells, 1))
+    seconds = TRAIN_SECONDS * epochs * cells * genes * width / threads**0.5
     if gpu:
         seconds /= GPU_SPEEDUP
     return int((START_MINUTES + seconds / 60) * attempt)

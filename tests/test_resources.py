@@ -49,6 +49,11 @@ def test_training_time_grows_with_epochs_cells_width_and_falls_with_threads_and_
     assert train_minutes(s, 10_000, 2000) == 66
     assert train_minutes(s, 10_000, 2000, attempt=2) == 132
     assert train_minutes({**s, "max_epochs": 300}, 10_000, 2000) == 15 + 102
+    # A cap in cells seen bounds the estimate: 10^6 cells capped at 2 epochs' worth.
+    capped = {**s, "max_epochs": 300, "max_cells": 2_000_000}
+    assert train_minutes(capped, 1_000_000, 2000) == train_minutes(
+        {**capped, "max_epochs": 2, "max_cells": 0}, 1_000_000, 2000
+    )
     assert train_minutes({**s, "decoder_hidden": 256, "decoder_layers": 2}, 10_000, 2000) == (
         15 + int(51.2 * 4)
     )
