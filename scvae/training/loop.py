@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +148,9 @@ class TrainingRun:
     covariates
         Covariate codes of every cell (cells x covariates, the batch first) of a
         conditional model; None for an unconditional one.
+    val_every
+        Cells seen between validations within an epoch: ``cfg.val_every_cells``, or 0
+        (once per epoch) when that is 0 or at least an epoch's cells.
     """
 
     X: sp.csr_matrix
@@ -167,6 +170,7 @@ class TrainingRun:
     checkpoint: Path | None
     state: TrainState
     covariates: np.ndarray | None = None
+    val_every: int = 0
 
 
 @dataclass
@@ -419,10 +423,6 @@ def build_run(
         # A kill while a checkpoint was being written leaves its temporary file behind.
         remove_stale_temps(ckpt)
     state = (ckpt and load_checkpoint(ckpt, module, optimizer, run_hash, device)) or TrainState()
-    if cfg.val_every_cells >= clock.cells_per_epoch:
-        # An epoch comes first: validate once per epoch, as without a cadence, so that a
-        # small dataset trains as it did before the cadence in cells existed.
-        cfg = replace(cfg, val_every_cells=0)
     if state.step and not state.cells_seen:
         # A checkpoint from before cells were counted: its rows and its end were epoch
         # ends, so the steps tell the cells.
@@ -447,6 +447,9 @@ def build_run(
         checkpoint=ckpt,
         state=state,
         covariates=covariates,
+        # An epoch shorter than the cadence validates once per epoch, as without one, so
+        # that a small dataset trains as it did before the cadence in cells existed.
+        val_every=cfg.val_every_cells if cfg.val_every_cells < clock.cells_per_epoch else 0,
     )
 
 
@@ -506,7 +509,7 @@ def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, flo
     started = time.perf_counter()
     sums = np.zeros(4)
     n = 0
-    every = cfg.val_every_cells
+    every = run.val_every
     # Training sums since the last history row: a row's span may cross epochs.
     row = np.asarray(state.row_sums, dtype=float) if state.row_sums else np.zeros(4)
     next_row = _next_validation(state, every)
@@ -530,7 +533,8 @@ def train_epoch(run: TrainingRun, epoch: int, aggressive: bool) -> dict[str, flo
             state.row_cells += b
             if state.cells_seen >= next_row:
                 seconds = state.seconds + time.perf_counter() - started
-                _record_validation(run, epoch, _means(row, state.row_cells), aggressive, seconds)
+                means = _means(row, state.row_cells)
+                _append_row(run, epoch, means, _validate(run), aggressive, seconds)
                 row[:], state.row_cells = 0.0, 0
                 next_row = _next_validation(state, every)
         if cfg.max_cells and state.cells_seen >= cfg.max_cells and not state.stopped_early:
@@ -633,7 +637,7 @@ def end_epoch(
     state, cfg = run.state, run.cfg
     ending = state.stopped_early or epoch + 1 >= cfg.max_epochs
     row_means = None
-    if not cfg.val_every_cells:
+    if not run.val_every:
         row_means = means
     elif ending and state.row_cells:
         row_means = _means(np.asarray(state.row_sums, dtype=float), state.row_cells)
@@ -653,27 +657,6 @@ def end_epoch(
     last = state.epoch == cfg.max_epochs or state.stopped_early
     if run.checkpoint is not None and (state.epoch % cfg.checkpoint_every == 0 or last):
         save_checkpoint(run.checkpoint, run.module, run.optimizer, state, run.run_hash)
-
-
-def _record_validation(
-    run: TrainingRun, epoch: int, means: dict[str, float], aggressive: bool, seconds: float
-) -> None:
-    """Validate now: a history row, and early stopping (only once the warm-up has ended).
-
-    Parameters
-    ----------
-    run
-        The run; its state gets the row.
-    epoch
-        The epoch in progress (0-based).
-    means
-        Training means per cell since the last row.
-    aggressive
-        Whether the epoch is in the aggressive phase.
-    seconds
-        Training time so far.
-    """
-    _append_row(run, epoch, means, _validate(run), aggressive, seconds)
 
 
 def _validate(run: TrainingRun) -> dict[str, float]:
@@ -793,8 +776,6 @@ def _fit_result(run: TrainingRun, categories: dict[str, list[str]]) -> FitResult
     final = state.history[-1] if state.history else {}
     summary = {
         "epochs": state.epoch,
-        "steps": state.step,
-        "stopped_early": state.stopped_early,
         "train_seconds": state.seconds,
         "final_train_elbo": final.get("train_elbo", math.nan),
         "final_train_kl": final.get("train_kl", math.nan),

@@ -187,6 +187,7 @@ def test_a_cadence_of_an_epoch_or_more_validates_once_per_epoch(pbmc_small):
     per_epoch = _fit(pbmc_small, max_epochs=3)
     for every in (360, 4000):
         slower = _fit(pbmc_small, max_epochs=3, val_every_cells=every)
+        assert slower.train_config.val_every_cells == every  # the setting as given
         pd.testing.assert_frame_equal(
             slower.history.drop(columns="seconds"), per_epoch.history.drop(columns="seconds")
         )
