@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from scvae.data.loaders import counts_matrix
 from scvae.data.ondisk import is_ondisk
 from scvae.errors import InputError
-from scvae.plotting.style import save_figure
+from scvae.utils.atomic import atomic_path
 
 __all__ = [
     "DOTPLOT_GENES",
@@ -321,6 +321,11 @@ def _dotplot(cells: ad.AnnData, key: str, n_genes: int, title: str) -> Figure:
     return dot.fig
 
 
+def _save_dotplot(fig: Figure, path: str | os.PathLike, *, tight: bool = True) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight" if tight else None)
+
+
 def marker_dotplot(
     adata: ad.AnnData,
     *,
@@ -361,7 +366,7 @@ def marker_dotplot(
     """
     fig = _dotplot(marker_cells(adata, key), key, n_genes, title)
     if save is not None:
-        save_figure(fig, save)
+        _save_dotplot(fig, save)
     return fig
 
 
@@ -397,14 +402,14 @@ def plot_marker_dotplot(
     # The stage runs without a display: no interactive backend is ever needed.
     matplotlib.use("Agg")
     if cells is not None:
-        save_figure(_dotplot(cells, key, n_genes, title), path)
+        _save_dotplot(_dotplot(cells, key, n_genes, title), path)
         return
     fig = Figure(figsize=(5, 2))
     ax = fig.subplots()
     ax.axis("off")
     note = empty_note or "no marker genes: fewer than 2 groups"
     ax.text(0.5, 0.5, note, ha="center", va="center")
-    save_figure(fig, path, tight=False)
+    _save_dotplot(fig, path, tight=False)
 
 
 def _known_genes(
@@ -601,5 +606,5 @@ def known_marker_dotplot(
         cells.obs[key] = cells.obs[key].cat.reorder_categories(order)
     fig = _known_dotplot(cells, present, keys, title, standard_scale)
     if save is not None:
-        save_figure(fig, save)
+        _save_dotplot(fig, save)
     return fig
